@@ -1,0 +1,121 @@
+"""The bilevel search step (method.md, "Search"): alternate one α step on the architecture part of the
+training data and one θ step on the weight part.
+
+First-order DARTS by default. ``second_order=True`` uses the DARTS unrolled approximation: α's gradient
+is taken at a virtual θ' = θ − ξ∇θ L_w(θ, α), with the Hessian-vector term replaced by a finite
+difference (Liu et al. 2019, eq. 7–8). θ and α have separate optimizers; α is never in θ's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models.split_seq2seq import PAD_ID
+from .supernet import Supernet
+
+# (source tokens, decoder input starting with bos, target ending with eos)
+Batch = Tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class SearchConfig:
+    lr: float = 5e-4                 # θ: Adam(0.9, 0.98), inverse-sqrt schedule with warm-up
+    warmup_steps: int = 10000
+    betas: Tuple[float, float] = (0.9, 0.98)
+    alpha_lr: float = 3e-4           # α: Adam(0.9, 0.98), fixed lr, weight decay 1e-3
+    alpha_weight_decay: float = 1e-3
+    label_smoothing: float = 0.1
+    clip_norm: float = 0.0           # 0 disables clipping of θ's gradient
+    second_order: bool = False
+    finite_difference_scale: float = 0.01
+
+
+def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
+    """Label-smoothed cross-entropy per target token, padding ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=PAD_ID, label_smoothing=label_smoothing)
+
+
+def inverse_sqrt(step: int, warmup: int) -> float:
+    """Multiplier of the peak lr: linear warm-up, then decay as 1/sqrt(step) (fairseq's schedule)."""
+    step = max(step, 1)
+    warmup = max(warmup, 1)
+    return min(step / warmup, (warmup / step) ** 0.5)
+
+
+class BilevelSearch:
+    def __init__(self, supernet: Supernet, config: SearchConfig = SearchConfig()):
+        self.model, self.config = supernet, config
+        self.weights = supernet.weight_parameters()
+        self.alphas = supernet.arch_parameters()
+        self.weight_optimizer = torch.optim.Adam(self.weights, lr=config.lr, betas=config.betas)
+        self.alpha_optimizer = torch.optim.Adam(self.alphas, lr=config.alpha_lr, betas=config.betas,
+                                                weight_decay=config.alpha_weight_decay)
+        self.step_count = 0
+
+    def loss(self, batch: Batch) -> Tensor:
+        src, tgt_in, tgt_out = batch
+        return sequence_loss(self.model(src, tgt_in), tgt_out, self.config.label_smoothing)
+
+    def current_lr(self) -> float:
+        return self.config.lr * inverse_sqrt(self.step_count + 1, self.config.warmup_steps)
+
+    def step(self, weight_batch: Batch, arch_batch: Batch) -> Dict[str, float]:
+        """One α step then one θ step. Returns losses and the θ learning rate used."""
+        self.model.train()
+        lr = self.current_lr()
+        if self.config.second_order:
+            arch_loss = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
+        else:
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            arch_loss = self.loss(arch_batch)
+            # α's gradient only: θ's .grad left untouched by a grad call restricted to α
+            grads = torch.autograd.grad(arch_loss, self.alphas)
+            for a, g in zip(self.alphas, grads):
+                a.grad = g
+        self.alpha_optimizer.step()
+
+        for group in self.weight_optimizer.param_groups:
+            group["lr"] = lr
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        weight_loss = self.loss(weight_batch)
+        grads = torch.autograd.grad(weight_loss, self.weights, allow_unused=True)
+        for w, g in zip(self.weights, grads):
+            w.grad = g
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.weights, self.config.clip_norm)
+        self.weight_optimizer.step()
+        self.step_count += 1
+        return {"train_loss": float(weight_loss), "arch_loss": float(arch_loss), "lr": lr}
+
+    # --- second order (DARTS unrolled, finite differences) ---------------------------------------
+    def _second_order_alpha_grad(self, weight_batch: Batch, arch_batch: Batch, xi: float) -> Tensor:
+        backup = [w.detach().clone() for w in self.weights]
+        # virtual step θ' = θ − ξ ∇θ L_w(θ, α)
+        grads_w = torch.autograd.grad(self.loss(weight_batch), self.weights, allow_unused=True)
+        with torch.no_grad():
+            for w, g in zip(self.weights, grads_w):
+                if g is not None:
+                    w.sub_(xi * g)
+        arch_loss = self.loss(arch_batch)
+        grads = torch.autograd.grad(arch_loss, self.alphas + self.weights, allow_unused=True)
+        d_alpha = list(grads[:len(self.alphas)])
+        d_weight = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[len(self.alphas):])]
+        norm = torch.sqrt(sum((g * g).sum() for g in d_weight)).clamp_min(1e-12)
+        eps = self.config.finite_difference_scale / norm
+        hessian_terms: List[List[Tensor]] = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, b, g in zip(self.weights, backup, d_weight):
+                    w.copy_(b + sign * eps * g)
+            hessian_terms.append(list(torch.autograd.grad(self.loss(weight_batch), self.alphas)))
+        with torch.no_grad():
+            for w, b in zip(self.weights, backup):
+                w.copy_(b)
+        for a, da, hp, hm in zip(self.alphas, d_alpha, *hessian_terms):
+            a.grad = da - xi * (hp - hm) / (2 * eps)
+        return arch_loss.detach()
