@@ -1,0 +1,26 @@
+"""Label-smoothed cross-entropy over the target tokens, padding ignored."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+PAD_ID = 0
+
+
+def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
+                       ignore_index: int = PAD_ID) -> Tuple[Tensor, Tensor, int]:
+    """Summed (smoothed loss, plain NLL) over non-pad tokens, and the number of those tokens.
+
+    The smoothing mass ``smoothing`` is spread uniformly over the vocabulary (fairseq's formulation:
+    ``(1 - eps) * nll + eps * mean_v(-log p_v)``). Divide by the token count for a per-token loss."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    mask = target.ne(ignore_index)
+    tgt = target.masked_fill(~mask, 0).unsqueeze(-1)
+    nll = -logp.gather(-1, tgt).squeeze(-1)
+    smooth = -logp.mean(-1)
+    loss = (1.0 - smoothing) * nll + smoothing * smooth
+    loss = loss.masked_fill(~mask, 0.0).sum()
+    nll = nll.masked_fill(~mask, 0.0).sum()
+    return loss, nll, int(mask.sum())
