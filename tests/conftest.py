@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-# Tests are deterministic and small; two threads is this machine's size and avoids oversubscription.
-torch.set_num_threads(int(os.environ.get("REVSEARCH_TEST_THREADS", "2")))
+# Tests are small: one thread is as fast and avoids OpenMP spin-waits when the machine is shared.
+torch.set_num_threads(int(os.environ.get("REVSEARCH_TEST_THREADS", "1")))
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
