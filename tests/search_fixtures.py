@@ -29,3 +29,14 @@ def reversal_batch(seed: int, batch: int = 6, max_len: int = 7, vocab: int = 24)
         tgt_out[i, :n] = target
         tgt_out[i, n] = EOS
     return src, tgt_in, tgt_out
+
+
+def reversal_pairs(n: int, seed: int, vocab: int = 24, max_len: int = 7):
+    """Encoded pairs for the batch streams: (src ... eos, bos tgt ... eos)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for _ in range(n):
+        length = int(torch.randint(3, max_len + 1, (1,), generator=g))
+        tokens = torch.randint(4, vocab - 1, (length,), generator=g).tolist()
+        pairs.append((tokens + [EOS], [BOS] + [t + 1 for t in reversed(tokens)] + [EOS]))
+    return pairs
