@@ -16,7 +16,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
 import torch
 
 from ..errors import DataError
-from .tokenizer import PAD_ID
+from .tokenizer import EOS_ID, PAD_ID
 
 T = TypeVar("T")
 EncodedPair = Tuple[List[int], List[int]]   # (src ids ending in eos, tgt ids bos ... eos)
@@ -100,7 +100,8 @@ def collate(examples: Sequence[EncodedPair], indices: Sequence[int]) -> Batch:
     """Pad a batch: src as is, tgt split into ``tgt_in`` (bos ...) and ``tgt_out`` (... eos)."""
     src = _pad([examples[i][0] for i in indices])
     tgt = _pad([examples[i][1] for i in indices])
-    return Batch(src=src, tgt_in=tgt[:, :-1].contiguous(), tgt_out=tgt[:, 1:].contiguous(), indices=list(indices))
+    tgt_in = tgt[:, :-1].masked_fill(tgt[:, :-1].eq(EOS_ID), PAD_ID)   # eos is never an input
+    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt[:, 1:].contiguous(), indices=list(indices))
 
 
 def encode_pairs(tokenizer, pairs: Sequence[Tuple[str, str]]) -> List[EncodedPair]:
