@@ -90,7 +90,7 @@ class BilevelSearch:
             torch.nn.utils.clip_grad_norm_(self.weights, self.config.clip_norm)
         self.weight_optimizer.step()
         self.step_count += 1
-        return {"train_loss": float(weight_loss.detach()), "arch_loss": float(arch_loss), "lr": lr}
+        return {"train_loss": float(weight_loss.detach()), "arch_loss": float(arch_loss.detach()), "lr": lr}
 
     # --- second order (DARTS unrolled, finite differences) ---------------------------------------
     def _second_order_alpha_grad(self, weight_batch: Batch, arch_batch: Batch, xi: float) -> Tensor:

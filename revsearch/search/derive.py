@@ -27,3 +27,18 @@ def build_derived_model(genotype: Genotype, config: SplitSeq2SeqConfig) -> Split
     model = SplitEncoderDecoder(config, node_factory)
     model.genotype = genotype
     return model
+
+
+BUILDER = "revsearch.search.derive:build_from_spec"
+
+
+def derived_spec(genotype: Genotype, config: SplitSeq2SeqConfig) -> dict:
+    """A checkpoint-embeddable description (plain JSON types) that ``build_from_spec`` rebuilds."""
+    from dataclasses import asdict
+    return {"builder": BUILDER, "config": {"genotype": genotype.to_dict(), "model": asdict(config)}}
+
+
+def build_from_spec(config: dict) -> SplitEncoderDecoder:
+    genotype = Genotype.from_dict(config["genotype"], source="checkpoint genotype")
+    model_config = dict(config["model"])
+    return build_derived_model(genotype, SplitSeq2SeqConfig(**model_config))
