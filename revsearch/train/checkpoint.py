@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -49,10 +50,17 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise RevsearchError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise RevsearchError(f"{path}: corrupt or truncated checkpoint (not a complete torch archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            raise RevsearchError(f"{path}: checkpoint holds objects other than tensors and plain containers; "
+                                 f"refusing to load it (weights_only)") from None
+        raise RevsearchError(f"{path}: corrupt or truncated checkpoint (unpickling failed)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        reason = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else type(err).__name__
         raise RevsearchError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
     except Exception as err:  # noqa: BLE001 - the unpickler raises various types on garbage input
         raise RevsearchError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__})") from None
