@@ -1,0 +1,70 @@
+"""Smoke tests for the benchmark scripts in experiments/: they run end to end (tiny settings, as
+subprocesses, the way they are used) and write JSON of the documented shape with positive numbers."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(REPO, "experiments")
+
+
+def run_script(name, *args, timeout=120):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, name), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_bench_search_memory_quick(tmp_path):
+    out = tmp_path / "search_memory.json"
+    stdout = run_script("bench_search_memory.py", "--quick", "--json", str(out))
+    data = json.loads(out.read_text())
+    assert data["budget_bytes"] == 3 * 2 ** 30
+    assert "peak RSS" in data["method"] and "peak RSS" in stdout
+    assert set(data["max_hidden"]) == {"plain", "reversible"}
+    records = data["records"]
+    assert {(r["mode"], r["hidden"]) for r in records} == {
+        (mode, hidden) for mode in ("plain", "reversible") for hidden in (32, 64)}
+    for r in records:
+        assert r["fits"] is True and r["status"] == "ok"
+        assert r["peak_rss_bytes"] > 0 and r["step_increment_bytes"] > 0 and r["step_seconds"] > 0
+        assert r["peak_rss_bytes"] <= data["budget_bytes"]
+        assert r["step_increment_bytes"] < r["peak_rss_bytes"]
+    # the tiny quick models fit everywhere: the max is the largest size tried, flagged as a lower bound
+    assert data["max_hidden"] == {"plain": 64, "reversible": 64}
+    assert data["max_hidden_capped"] == {"plain": True, "reversible": True}
+    assert set(data["step_time_ratio"]) == {"32", "64"}
+    assert all(v > 0 for v in data["step_time_ratio"].values())
+    assert "max hidden reversible / plain" in stdout
+
+
+def test_bench_search_memory_kills_a_child_over_budget(tmp_path):
+    """A budget below what importing torch takes: every child is stopped, nothing fits."""
+    out = tmp_path / "over.json"
+    stdout = run_script("bench_search_memory.py", "--quick", "--hiddens", "32", "--budget-gib", "0.05",
+                        "--json", str(out))
+    data = json.loads(out.read_text())
+    assert data["max_hidden"] == {"plain": 0, "reversible": 0}
+    assert data["max_hidden_capped"] == {"plain": False, "reversible": False}
+    assert len(data["records"]) == 2
+    for r in data["records"]:
+        assert r["fits"] is False and r["status"] == "over budget"
+        assert r["peak_rss_bytes"] > data["budget_bytes"]
+        assert r["step_seconds"] is None
+    assert "over budget" in stdout
+
+
+def test_bench_reversible_tiny(tmp_path):
+    out = tmp_path / "reversible.json"
+    run_script("bench_reversible.py", "--depths", "2", "--steps", "1", "--hidden", "32", "--batch", "2",
+               "--length", "8", "--threads", "1", "--json", str(out))
+    data = json.loads(out.read_text())
+    records = data["records"]
+    assert {r["mode"] for r in records} == {"plain", "checkpoint", "reversible"}
+    for r in records:
+        assert r["depth"] == 2
+        assert r["forward_saved_bytes"] > 0 and r["peak_activation_bytes"] > 0 and r["step_seconds"] > 0
+        assert r["grad_rel_err"] < 1e-4
