@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from .errors import RevsearchError
 
-COMMANDS = ["bench", "data", "train", "translate", "evaluate"]
+COMMANDS = ["run", "retrain", "report", "data", "train", "translate", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

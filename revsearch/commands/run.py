@@ -1,0 +1,80 @@
+"""``revsearch run CONFIG.yaml``: the whole job (search -> retrain -> ranking -> registered best) and
+``revsearch search CONFIG.yaml``: stage 1 alone."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG = """examples:
+  revsearch run tune_configs/quickstart.yaml                 # local Ray on this machine
+  revsearch run sweep.yaml --address auto                    # join a running Ray cluster
+  revsearch run sweep.yaml --tracking-uri http://127.0.0.1:5000
+  revsearch run sweep.yaml --resume                          # continue the latest interrupted run
+
+Results go to <storage>/runs/<name>-<timestamp>/ (ranking.md, ranking.csv, Tune experiments, optuna.db).
+Browse them with:  mlflow ui --backend-store-uri sqlite:///<storage>/mlflow.db  (binds 127.0.0.1)"""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="sweep YAML file (see docs/sweep-reference.md)")
+    p.add_argument("--address", help="Ray cluster address to join (default: $RAY_ADDRESS, else start a "
+                                     "local Ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
+                                          "sqlite under the storage directory)")
+    p.add_argument("--storage", help="results root (overrides storage:)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue an interrupted run: the latest one of this sweep, or RUN_DIR")
+    p.add_argument("--quiet", action="store_true", help="less Tune output")
+
+
+def load(args):
+    from ..orchestration.sweep import load_sweep
+    sweep = load_sweep(args.config)
+    if args.tracking_uri:
+        sweep.tracking.uri = args.tracking_uri
+    if args.storage:
+        sweep.storage = os.path.abspath(args.storage)
+    return sweep
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run(args) -> int:
+    from ..orchestration.pipeline import run_pipeline
+    sweep = load(args)
+    result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log)
+    print(f"best: {result['best'].label}  BLEU {result['best'].bleu:.2f}  "
+          f"(registered '{sweep.registered_model_name}' v{result['model_version']}, alias 'best')")
+    print(f"ranking: {result['ranking_md']}")
+    print(f"wall time: {result['wall_seconds']:.0f}s")
+    return 0
+
+
+def _search(args) -> int:
+    from ..orchestration.pipeline import run_pipeline
+    sweep = load(args)
+    result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, search_only=True)
+    for c in result["candidates"]:
+        print(f"{c['label']}: {c.get('genotype_file', '')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="search, retrain, rank and register: the whole job from a sweep YAML",
+        description="Stage 1: Ray Tune + Optuna over the supernet search. Stage 2: retrain the top-k "
+                    "distinct genotypes (and a Transformer baseline) and score them with sacreBLEU. Then a "
+                    "ranking (Markdown + CSV) and the best model registered in MLflow with alias 'best'.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.set_defaults(handler=_run)
+    s = subparsers.add_parser(
+        "search", help="stage 1 only: the supernet search sweep; writes the chosen genotypes",
+        description="Runs the Tune + Optuna search of a sweep YAML and writes the top-k distinct "
+                    "genotypes as JSON (retrain them with `revsearch retrain`).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(s)
+    s.set_defaults(handler=_search)

@@ -1,0 +1,352 @@
+"""``revsearch run``: sweep YAML -> searched, retrained, BLEU-ranked and registered architectures.
+
+Stage 1: a Tuner over ``search_trainable`` with OptunaSearch (define-by-run space from the YAML, study in
+an RDB storage next to the results, seeded TPE). Stage 2: the top-k distinct genotypes (and optionally a
+standard Transformer of the same size) are retrained from scratch as Tune trials and scored with
+sacreBLEU. Then a ranking (Markdown + CSV), and the best model logged to MLflow and registered with the
+alias ``best``. Every run lives in ``<storage>/runs/<name>-<timestamp>/``; ``--resume`` continues the
+latest one: finished trials are not rerun and MLflow runs are reopened, not duplicated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import RevsearchError
+from .data_prep import PreparedData, prepare_data
+from .ranking import RankRow, pareto_front, plot_pareto, rank, write_ranking, to_markdown
+from .tracking import KIND_TAG, Tracker
+
+STATE_FILE = "run_state.json"
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs to know; rewritten atomically after every stage."""
+    run_dir: str
+    parent_run_id: str = ""
+    stage: str = "search"                     # search | retrain | done
+    candidates: List[Dict[str, Any]] = field(default_factory=list)
+
+    def save(self) -> None:
+        tmp = os.path.join(self.run_dir, STATE_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.__dict__, f, indent=2)
+        os.replace(tmp, os.path.join(self.run_dir, STATE_FILE))
+
+    @staticmethod
+    def load(run_dir: str) -> "RunState":
+        path = os.path.join(run_dir, STATE_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return RunState(**json.load(f))
+        except (OSError, ValueError, TypeError) as err:
+            raise RevsearchError(f"{path}: cannot resume this run ({err})") from None
+
+
+def choose_run_dir(storage: str, name: str, resume: Optional[str]) -> str:
+    runs = os.path.join(storage, "runs")
+    if resume in (None, ""):
+        return os.path.join(runs, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume != "latest":
+        if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+            raise RevsearchError(f"--resume {resume}: not a revsearch run directory (no {STATE_FILE})")
+        return os.path.abspath(resume)
+    candidates = sorted(d for d in (os.listdir(runs) if os.path.isdir(runs) else [])
+                        if d.startswith(name + "-") and os.path.isfile(os.path.join(runs, d, STATE_FILE)))
+    if not candidates:
+        raise RevsearchError(f"--resume: no earlier run of '{name}' under {runs}")
+    return os.path.join(runs, candidates[-1])
+
+
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+
+
+def _objective(sweep):
+    metric, mode = sweep.objective.metric, sweep.objective.mode
+    return metric, mode
+
+
+def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log: Callable[[str], None]):
+    import optuna
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    from .space import define_by_run
+    from .trainables import search_trainable
+
+    metric, mode = _objective(sweep)
+    trainable = tune.with_resources(tune.with_parameters(search_trainable, context=context),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    experiment = os.path.join(run_dir, "search")
+    if resume and tune.Tuner.can_restore(experiment):
+        log(f"stage 1: resuming the search experiment in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        storage = optuna.storages.RDBStorage("sqlite:///" + os.path.join(run_dir, "optuna.db"))
+        searcher = OptunaSearch(space=define_by_run(sweep), metric=metric, mode=mode, storage=storage,
+                                study_name=f"{sweep.name}-search",
+                                sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+        scheduler = None
+        if sweep.scheduler.type == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+            single = metric[0] if isinstance(metric, list) else metric
+            single_mode = mode[0] if isinstance(mode, list) else mode
+            scheduler = ASHAScheduler(metric=single, mode=single_mode, time_attr="training_iteration",
+                                      grace_period=sweep.scheduler.grace_period,
+                                      reduction_factor=sweep.scheduler.reduction_factor,
+                                      max_t=sweep.scheduler.max_t or 10 ** 9)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, sweep.max_concurrent),
+                                        scheduler=scheduler, num_samples=sweep.num_samples),
+            run_config=tune.RunConfig(
+                name="search", storage_path=run_dir, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    log(f"stage 1: {sweep.num_samples} search trial(s), at most {sweep.max_concurrent} at a time")
+    return tuner.fit()
+
+
+def select_candidates(sweep, results, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """Top-k distinct genotypes by the (first) objective; identical genotypes are merged."""
+    metric, mode = _objective(sweep)
+    metrics = metric if isinstance(metric, list) else [metric]
+    modes = mode if isinstance(mode, list) else [mode]
+    finished = []
+    for result in results:
+        m = result.metrics or {}
+        if result.error is None and m.get("genotype") and all(k in m for k in metrics):
+            finished.append(result)
+    if not finished:
+        raise RevsearchError("stage 1 produced no finished search trial; see the trial errors above")
+    points = [tuple(float(r.metrics[k]) for k in metrics) for r in finished]
+    front = set(pareto_front(points, modes)) if len(metrics) > 1 else set()
+    sign = 1.0 if modes[0] == "min" else -1.0
+    order = sorted(range(len(finished)), key=lambda i: (i not in front if front else 0, sign * points[i][0]))
+    seen, candidates = set(), []
+    for i in order:
+        r = finished[i]
+        key = r.metrics["genotype_key"]
+        if key in seen:
+            log(f"  trial {r.metrics['trial_id']}: same genotype as a better trial, merged")
+            continue
+        seen.add(key)
+        candidates.append({"rank_in_search": len(candidates) + 1, "trial_id": r.metrics["trial_id"],
+                           "config": dict(r.config), "genotype": r.metrics["genotype"], "genotype_key": key,
+                           "search_run_id": r.metrics.get("mlflow_run_id", ""),
+                           "search_seconds": float(r.metrics.get("search_seconds", 0.0)),
+                           "objective": {k: float(r.metrics[k]) for k in metrics},
+                           "pareto": i in front})
+        if len(candidates) == sweep.retrain.top_k:
+            break
+    return candidates, finished, points, front
+
+
+def retrain_candidates(sweep, chosen: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Turn chosen genotypes into retrain trial configs (+ the Transformer baseline)."""
+    from .space import resolve_trial
+    r = sweep.retrain
+    out = []
+    for c in chosen:
+        settings = resolve_trial(sweep, c["config"])
+        s = settings.supernet
+        model = {"hidden": r.hidden or s["hidden"], "splits": s["splits"], "embed_dim": s["embed_dim"],
+                 "encoder_layers": r.encoder_layers, "decoder_layers": r.decoder_layers,
+                 "heads": s["heads"], "dropout": s["dropout"], "pooling": s["pooling"],
+                 "tie_embeddings": s["tie_embeddings"]}
+        if model["hidden"] % model["splits"]:
+            model["hidden"] -= model["hidden"] % model["splits"]
+        out.append({"kind": "derived", "label": f"derived-{c['rank_in_search']}-{c['trial_id']}",
+                    "genotype": c["genotype"], "genotype_key": c["genotype_key"],
+                    "search_trial_id": c["trial_id"], "search_run_id": c["search_run_id"],
+                    "search_seconds": c["search_seconds"], "model": model,
+                    "vocab_size": settings.data["vocab_size"], "spm_model_type": settings.data["spm_model_type"],
+                    "max_len": settings.data["max_len"]})
+    if r.baseline and out:
+        first = out[0]
+        m = first["model"]
+        heads = max(h for h in range(1, min(8, m["hidden"]) + 1) if m["hidden"] % h == 0)
+        out.append({"kind": "baseline", "label": "transformer-baseline", "genotype": "",
+                    "search_seconds": 0.0,
+                    "model": {"hidden": m["hidden"], "embed_dim": m["embed_dim"], "heads": heads,
+                              "encoder_layers": m["encoder_layers"], "decoder_layers": m["decoder_layers"],
+                              "dropout": m["dropout"]},
+                    "vocab_size": first["vocab_size"], "spm_model_type": first["spm_model_type"],
+                    "max_len": first["max_len"]})
+    return out
+
+
+def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resume: bool,
+                  log: Callable[[str], None]):
+    from ray import tune
+    from .trainables import retrain_trainable
+
+    trainable = tune.with_resources(tune.with_parameters(retrain_trainable, context=context),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    experiment = os.path.join(run_dir, "retrain")
+    if resume and tune.Tuner.can_restore(experiment):
+        log(f"stage 2: resuming the retrain experiment in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={"candidate": tune.grid_search(candidates)},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent),
+            run_config=tune.RunConfig(name="retrain", storage_path=run_dir, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=2)))
+    log(f"stage 2: retraining {len(candidates)} model(s): " + ", ".join(c["label"] for c in candidates))
+    return tuner.fit()
+
+
+def rows_from_results(results, candidates) -> List[RankRow]:
+    by_label = {c["label"]: c for c in candidates}
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        label = m.get("label") or (result.config or {}).get("candidate", {}).get("label")
+        if label not in by_label or "test_bleu" not in m:
+            continue
+        c = by_label[label]
+        description = ""
+        if c["kind"] == "derived":
+            from ..search import Genotype
+            description = Genotype.from_dict(json.loads(c["genotype"])).describe()
+        else:
+            description = f"Transformer e={c['model']['embed_dim']} d={c['model']['hidden']}"
+        rows.append(RankRow(label=label, kind=c["kind"], bleu=float(m["test_bleu"]), chrf=float(m["test_chrf"]),
+                            params=int(m["params"]), search_seconds=float(c.get("search_seconds", 0.0)),
+                            retrain_seconds=float(m["train_seconds"]), genotype=description,
+                            search_trial=c.get("search_trial_id", ""), mlflow_run_id=m.get("mlflow_run_id", ""),
+                            bleu_signature=m.get("bleu_signature", "")))
+    return rank(rows)
+
+
+def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable[[str], None]) -> str:
+    """Log the best model (pickled torch module + weights-only checkpoint) to its retrain run and
+    register it with the alias ``best``. Returns the registered version."""
+    import mlflow
+    import mlflow.pytorch
+    from ..train.checkpoint import load_for_inference
+
+    checkpoint = tracker.client.get_run(row.mlflow_run_id).data.tags.get("revsearch.checkpoint", "")
+    if not checkpoint or not os.path.isfile(checkpoint):
+        raise RevsearchError(f"best model {row.label}: checkpoint {checkpoint!r} not found")
+    model, _, _ = load_for_inference(checkpoint)
+    with mlflow.start_run(run_id=row.mlflow_run_id):
+        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                        pip_requirements=["torch", "revsearch"])
+        mlflow.log_artifact(checkpoint, "checkpoint")
+    version = mlflow.register_model(info.model_uri, model_name)
+    tracker.client.set_registered_model_alias(model_name, "best", version.version)
+    tracker.client.set_model_version_tag(model_name, version.version, "revsearch.label", row.label)
+    log(f"registered {model_name} version {version.version} (alias 'best'): {row.label}, BLEU {row.bleu:.2f}")
+    return str(version.version)
+
+
+def write_genotypes(candidates: List[Dict[str, Any]], run_dir: str) -> None:
+    from ..search import Genotype
+    directory = os.path.join(run_dir, "genotypes")
+    os.makedirs(directory, exist_ok=True)
+    for c in candidates:
+        if c["kind"] == "derived":
+            c["genotype_file"] = os.path.join(directory, f"{c['label']}.json")
+            Genotype.from_dict(json.loads(c["genotype"])).save(c["genotype_file"])
+
+
+def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = None,
+                 log: Callable[[str], None] = print, search_only: bool = False) -> Dict[str, Any]:
+    """The whole job (or stage 1 alone). Returns paths and the ranking; raises RevsearchError for
+    user-fixable problems."""
+    wall_start = time.perf_counter()
+    storage = sweep.storage
+    run_dir = choose_run_dir(storage, sweep.name, resume)
+    resuming = resume not in (None, "")
+    os.makedirs(run_dir, exist_ok=True)
+    state = RunState.load(run_dir) if resuming else RunState(run_dir)
+    tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
+                      artifact_root=os.path.join(storage, "mlartifacts"))
+    run_name = os.path.basename(run_dir)
+    if not state.parent_run_id:
+        state.parent_run_id = tracker.start_run(run_name, {KIND_TAG: "sweep", "revsearch.run_dir": run_dir},
+                                                key=f"sweep:{run_dir}")
+        tracker.log_params(state.parent_run_id, sweep.to_dict())
+        tracker.log_json(state.parent_run_id, sweep.to_dict(), "resolved_config.json")
+        state.save()
+    else:
+        tracker.client.update_run(state.parent_run_id, status="RUNNING")
+    log(f"run directory: {run_dir}")
+    log(f"MLflow: {sweep.tracking_uri} (experiment '{sweep.experiment_name}', run {state.parent_run_id})")
+    status = "FAILED"
+    try:
+        d = sweep.data
+        prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
+                                              src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
+        threads = max(1, int(sweep.resources.cpu))
+        context = {"sweep": sweep.to_dict(), "sweep_source": sweep.source, "prepared": prepared.to_dict(),
+                   "tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
+                   "artifact_root": os.path.join(storage, "mlartifacts"),
+                   "parent_run_id": state.parent_run_id, "run_dir": run_dir, "seed": sweep.seed,
+                   "threads": threads, "retrain": sweep.retrain.to_dict()}
+        # warm the tokenizer cache once here instead of racing in every trial
+        from .data_prep import tokenizer_for
+        tokenizer_for(prepared, d.vocab_size, d.spm_model_type, log=log)
+        init_ray(address)
+
+        stage_times = {}
+        t = time.perf_counter()
+        if state.stage == "search":
+            results = search_stage(sweep, context, run_dir, resuming, log)
+            chosen, finished, points, front = select_candidates(sweep, results, log)
+            if len(points[0]) > 1:
+                names = sweep.objective.metric
+                labels = [r.metrics["trial_id"] for r in finished]
+                path = plot_pareto(points, sorted(front), labels, names, os.path.join(run_dir, "pareto.png"))
+                tracker.log_artifact(state.parent_run_id, path)
+            state.candidates = retrain_candidates(sweep, chosen)
+            write_genotypes(state.candidates, run_dir)
+            state.stage = "retrain"
+            state.save()
+            tracker.log_json(state.parent_run_id, state.candidates, "candidates.json")
+        stage_times["search_stage_seconds"] = time.perf_counter() - t
+        if search_only:
+            status = "FINISHED"
+            return {"run_dir": run_dir, "candidates": state.candidates, "parent_run_id": state.parent_run_id,
+                    **stage_times}
+
+        t = time.perf_counter()
+        results = retrain_stage(sweep, context, state.candidates, run_dir,
+                                resuming and os.path.isdir(os.path.join(run_dir, "retrain")), log)
+        stage_times["retrain_stage_seconds"] = time.perf_counter() - t
+        rows = rows_from_results(results, state.candidates)
+        if not rows:
+            raise RevsearchError("stage 2 produced no scored model; see the trial errors above")
+        md, csv_path = write_ranking(rows, run_dir, title=f"revsearch ranking: {sweep.name}")
+        tracker.log_artifact(state.parent_run_id, md)
+        tracker.log_artifact(state.parent_run_id, csv_path)
+        log("\n" + to_markdown(rows))
+        best = rows[0]
+        version = register_best(tracker, best, sweep.registered_model_name, log)
+        stage_times["wall_seconds"] = time.perf_counter() - wall_start
+        tracker.log_metrics(state.parent_run_id, dict(stage_times, best_bleu=best.bleu), 0)
+        tracker.set_tags(state.parent_run_id, {"revsearch.best": best.label, "revsearch.best_version": version})
+        state.stage = "done"
+        state.save()
+        status = "FINISHED"
+        log(f"ranking: {md}")
+        return {"run_dir": run_dir, "ranking_md": md, "ranking_csv": csv_path, "rows": rows,
+                "best": best, "model_version": version, "parent_run_id": state.parent_run_id,
+                **stage_times}
+    finally:
+        tracker.end_run(state.parent_run_id, status if status == "FINISHED" else "FAILED")

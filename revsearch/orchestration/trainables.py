@@ -1,0 +1,210 @@
+"""What one Ray Tune trial does: a supernet search (stage 1) or a retrain of a genotype (stage 2).
+
+Both are function trainables. Static context (the resolved sweep, where the data is, the MLflow parent
+run) arrives through ``tune.with_parameters``; the sampled hyperparameters arrive as ``config``. Each
+trial logs into its own MLflow child run, found again by a stable key when Tune restarts the trial from
+its checkpoint, so a restart continues the run on the same step axis instead of opening a second one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Dict
+
+import torch
+
+from ..models.split_seq2seq import SplitSeq2SeqConfig
+from ..models.transformer import StandardTransformer, TransformerConfig, count_parameters
+from ..search import BilevelSearch, Genotype, Supernet, SupernetConfig, build_derived_model
+from ..search.derive import derived_spec
+from ..search.loop import SearchData, SearchLoop
+from ..search.plots import plot_alpha_heatmap, plot_cell
+from .data_prep import PreparedData, encoded_data, search_split
+from .tracking import KIND_TAG, Tracker
+
+STATE_FILE = "search_state.pt"
+
+
+def _tracker(context: Dict[str, Any]) -> Tracker:
+    return Tracker(context["tracking_uri"], context["experiment"], context.get("artifact_root"))
+
+
+def _trial_id() -> str:
+    from ray import tune
+    return tune.get_context().get_trial_id()
+
+
+def derived_param_count(genotype: Genotype, model_config: SplitSeq2SeqConfig) -> int:
+    with torch.device("meta"):  # count without allocating
+        model = build_derived_model(genotype, model_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------- stage 1
+def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
+    from ray import tune
+    from .space import resolve_trial
+    from .sweep import validate_sweep_dict
+
+    torch.set_num_threads(max(1, int(context.get("threads", 1))))
+    sweep = validate_sweep_dict(context["sweep"], source=context.get("sweep_source", "sweep"))
+    settings = resolve_trial(sweep, dict(config))
+    trial_id = _trial_id()
+    tracker = _tracker(context)
+    run_id = tracker.start_run(f"search-{trial_id}", {KIND_TAG: "search", "revsearch.trial_id": trial_id,
+                                                      "revsearch.op_set": settings.op_set},
+                               parent=context["parent_run_id"], key=f"search:{trial_id}")
+    status = "FAILED"
+    try:
+        tracker.log_params(run_id, {"sampled": dict(config), "supernet": settings.supernet,
+                                    "search": asdict(settings.search), "data": settings.data,
+                                    "steps": settings.steps})
+        prepared = PreparedData(**context["prepared"])
+        data = encoded_data(prepared, settings.data["vocab_size"], settings.data["spm_model_type"],
+                            settings.data["max_len"])
+        weight, arch = search_split(data, settings.data["arch_fraction"], sweep.seed)
+        torch.manual_seed(sweep.seed)
+        supernet_config = SupernetConfig(vocab_size=data.tokenizer.vocab_size, **settings.supernet)
+        net = Supernet(supernet_config)
+        loop = SearchLoop(BilevelSearch(net, settings.search),
+                          SearchData(weight, arch, data.valid, settings.data["max_tokens"], sweep.seed),
+                          valid_batches=settings.valid_batches)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in net.parameters())})
+        start = time.perf_counter()
+        derived_config = SplitSeq2SeqConfig(**{k: v for k, v in asdict(supernet_config).items()
+                                               if k in SplitSeq2SeqConfig.__dataclass_fields__})
+
+        def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
+            genotype = loop.genotype()
+            wall = time.perf_counter() - start
+            metrics = dict(metrics, params=derived_param_count(genotype, derived_config),
+                           trial_wall_seconds=wall)
+            tracker.log_metrics(run_id, metrics, step)
+            result = dict(metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
+                          mlflow_run_id=run_id)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                with tempfile.TemporaryDirectory() as directory:
+                    torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
+                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+            else:
+                tune.report(result)
+
+        if loop.step < settings.steps:
+            loop.run(settings.steps, settings.report_every, on_report)
+        genotype = loop.genotype()
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "genotype.json")
+            genotype.save(path)
+            tracker.log_artifact(run_id, path)
+            tracker.log_artifact(run_id, plot_alpha_heatmap(genotype, os.path.join(directory, "alpha_heatmap.png"),
+                                                            title=f"softmax(α), trial {trial_id}"))
+            tracker.log_artifact(run_id, plot_cell(genotype, os.path.join(directory, "derived_cell.png")))
+        tracker.set_tags(run_id, {"revsearch.genotype": genotype.describe()[:5000]})
+        status = "FINISHED"
+    finally:
+        tracker.end_run(run_id, status)
+
+
+# ----------------------------------------------------------------------------------------- stage 2
+def build_retrain_model(candidate: Dict[str, Any], vocab_size: int):
+    """(model, spec) for a derived genotype or the Transformer baseline of the same e/d/depth."""
+    m = candidate["model"]
+    if candidate["kind"] == "baseline":
+        config = TransformerConfig(vocab_size=vocab_size, embed_dim=m["embed_dim"], hidden=m["hidden"],
+                                   encoder_layers=m["encoder_layers"], decoder_layers=m["decoder_layers"],
+                                   heads=m["heads"], ffn_dim=4 * m["hidden"], dropout=m["dropout"])
+        model = StandardTransformer(config)
+        return model, model.spec()
+    genotype = Genotype.from_dict(json.loads(candidate["genotype"]), source=candidate["label"])
+    config = SplitSeq2SeqConfig(vocab_size=vocab_size, mode="plain", **m)
+    return build_derived_model(genotype, config), derived_spec(genotype, config)
+
+
+def retrain_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
+    """Stage 2 as a Tune trial: every metric dict goes to ``tune.report``."""
+    from ray import tune
+    run_retrain(config["candidate"], context, tune.report)
+
+
+def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
+                report: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    """Train a candidate from scratch, score it with sacreBLEU, log everything to its MLflow run.
+    Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``)."""
+    from ..train.evaluate import EvalConfig, evaluate_model
+    from ..train.decoding import DecodeConfig
+    from ..train.trainer import TrainConfig, Trainer
+
+    torch.set_num_threads(max(1, int(context.get("threads", 1))))
+    retrain = context["retrain"]
+    label = candidate["label"]
+    tracker = _tracker(context)
+    tags = {KIND_TAG: "retrain", "revsearch.candidate": label, "revsearch.model_kind": candidate["kind"]}
+    for key in ("search_trial_id", "search_run_id", "genotype_key"):
+        if candidate.get(key):
+            tags[f"revsearch.{key}"] = candidate[key]
+    run_id = tracker.start_run(f"retrain-{label}", tags, parent=context["parent_run_id"],
+                               key=f"retrain:{label}")
+    status = "FAILED"
+    try:
+        prepared = PreparedData(**context["prepared"])
+        data = encoded_data(prepared, candidate["vocab_size"], candidate["spm_model_type"], candidate["max_len"])
+        torch.manual_seed(context["seed"])
+        model, spec = build_retrain_model(candidate, data.tokenizer.vocab_size)
+        params = count_parameters(model)
+        tracker.log_params(run_id, {"model": candidate["model"], "kind": candidate["kind"],
+                                    "retrain": retrain, "params": params})
+        save_dir = os.path.join(context["run_dir"], "retrain", label)
+        train_config = TrainConfig(
+            lr=retrain["lr"], warmup_steps=retrain["warmup_steps"], max_tokens=retrain["max_tokens"],
+            max_steps=retrain.get("steps"),
+            time_budget_s=(retrain["budget_minutes"] * 60) if retrain.get("budget_minutes") else None,
+            valid_every=retrain["validate_every"], log_every=max(1, retrain["validate_every"] // 4),
+            average_last=retrain["average_last"], keep_last=max(retrain["average_last"], 2),
+            save_dir=save_dir, resume=True, quiet=True, seed=context["seed"],
+            max_positions=candidate["max_len"])
+
+        def on_report(step: int, metrics: Dict[str, float]) -> None:
+            tracker.log_metrics(run_id, metrics, step)
+            report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"step": step})
+
+        trainer = Trainer(model, data.train, data.valid, train_config,
+                          spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report)
+        result = trainer.train()
+        evaluation = evaluate_model(model, data.tokenizer, data.test_pairs,
+                                    EvalConfig(decode=DecodeConfig(beam_size=retrain["beam"],
+                                                                   length_penalty=retrain["length_penalty"])))
+        final = {"test_bleu": evaluation.bleu, "test_chrf": evaluation.chrf, "params": params,
+                 "train_seconds": result.elapsed_s, "train_steps": result.steps,
+                 "tokens_per_s": result.tokens_per_s, "best_valid_nll": result.best_valid_nll,
+                 "decode_seconds": evaluation.seconds}
+        tracker.log_metrics(run_id, final, result.steps)
+        tracker.set_tags(run_id, {"revsearch.bleu_signature": evaluation.bleu_signature,
+                                  "revsearch.chrf_signature": evaluation.chrf_signature,
+                                  "revsearch.checkpoint": result.checkpoints.get("best", "")})
+        with tempfile.TemporaryDirectory() as directory:
+            hyp = os.path.join(directory, "test_hypotheses.txt")
+            with open(hyp, "w", encoding="utf-8") as f:
+                f.write("\n".join(evaluation.hypotheses) + "\n")
+            tracker.log_artifact(run_id, hyp)
+            if candidate["kind"] == "derived":
+                genotype = Genotype.from_dict(json.loads(candidate["genotype"]))
+                tracker.log_artifact(run_id, plot_cell(genotype, os.path.join(directory, "derived_cell.png")))
+                path = os.path.join(directory, "genotype.json")
+                genotype.save(path)
+                tracker.log_artifact(run_id, path)
+        tracker.log_json(run_id, result.history, "training_curve.json")
+        final = dict(final, label=label, mlflow_run_id=run_id, bleu_signature=evaluation.bleu_signature,
+                     checkpoint_path=result.checkpoints.get("best", ""))
+        report(final)
+        status = "FINISHED"
+        return final
+    finally:
+        tracker.end_run(run_id, status)
