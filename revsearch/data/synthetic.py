@@ -16,7 +16,10 @@ Sentence                                       (same structure, German word orde
 Negation: "does not / did not VERB" (do-support)  ->  finite verb in its slot, "nicht" after the object.
 CONJ: because/although/while/before -> weil/obwohl/während/bevor (all verb-final).
 
-Noun phrases: DET [ADJ] NOUN [PREP NP] or a pronoun (subjects only). DET is the/a/my/your/our/no, or
+Noun phrases: DET [ADJ] NOUN [PREP NP | RELATIVE] or a pronoun (subjects only). Relative clauses:
+"the man that sees the dog" -> "der Mann, der den Hund sieht," and "the man that the dog sees" -> "der
+Mann, den der Hund sieht," (pronoun in the head noun's gender and number, case from its role, verb
+last, agreeing with the clause's own subject). DET is the/a/my/your/our/no, or
 nothing for indefinite plurals. Target nouns have a grammatical gender (m/f/n) unrelated to the source
 word (girl -> das Mädchen), an idiosyncratic plural (Hund/Hunde, Haus/Häuser, Frau/Frauen, Auto/Autos),
 dative plural -n, and weak masculines take -en outside the nominative (den Studenten). Case: subject
@@ -115,6 +118,7 @@ class SyntheticConfig:
     max_words: int = 20
     p_adjective: float = 0.4
     p_np_pp: float = 0.25       # a noun phrase gets a prepositional modifier (distance for agreement)
+    p_relative: float = 0.15    # ... or else a relative clause (pronoun agrees with the head noun)
     p_plural: float = 0.35
     p_pronoun: float = 0.25     # subject is a pronoun
     p_past: float = 0.45
@@ -213,7 +217,33 @@ class _Grammar:
             sub_en, sub_de, _ = self.noun_phrase(p_case, allow_pp=False, negated=negated)
             en += [p_en] + sub_en
             de += self._prep(p_de, sub_de)
+        elif allow_pp and self.chance(self.c.p_relative):
+            rel_en, rel_de = self.relative_clause(key)
+            en += rel_en
+            de += rel_de
         return en, de, (3, "pl" if plural else "sg")
+
+    def relative_clause(self, head_key: str):
+        """"that sees the dog" -> ", der den Hund sieht ," (pronoun: head's gender/number, nominative) or
+        "that the dog sees" -> ", den der Hund sieht ," (accusative); the verb goes last and agrees with
+        the relative clause's own subject."""
+        r = self.r
+        base, s3, past_en, stem = r.choice(TRANSITIVE)
+        past = self.chance(self.c.p_past)
+        if self.chance(0.5):                                   # subject relative
+            agr = (3, "pl" if head_key == "pl" else "sg")
+            obj_en, obj_de, _ = self.noun_phrase("acc", allow_pp=False)
+            verb_en = past_en if past else (s3 if agr == (3, "sg") else base)
+            return (["that", verb_en] + obj_en,
+                    [",", DEF_ARTICLE["nom"][head_key]] + obj_de + [conjugate(stem, *agr, past), ","])
+        if self.chance(self.c.p_pronoun):                      # object relative
+            subj_en, subj_de, person, number = r.choice(PRONOUNS)
+            subj_en, subj_de, agr = [subj_en], [subj_de], (person, number)
+        else:
+            subj_en, subj_de, agr = self.noun_phrase("nom", allow_pp=False, animate=True)
+        verb_en = past_en if past else (s3 if agr == (3, "sg") else base)
+        return (["that"] + subj_en + [verb_en],
+                [",", DEF_ARTICLE["acc"][head_key]] + subj_de + [conjugate(stem, *agr, past), ","])
 
     @staticmethod
     def _prep(prep_de: str, np_de: List[str]) -> List[str]:
@@ -295,7 +325,14 @@ class _Grammar:
 
 
 def _render(words: List[str], end: str) -> str:
-    text = " ".join(words).replace(" ,", ",") + end
+    out: List[str] = []
+    for w in words:                       # a clause-final relative clause's closing comma merges away
+        if w == "," and (not out or out[-1] == ","):
+            continue
+        out.append(w)
+    if out and out[-1] == ",":
+        out.pop()
+    text = " ".join(out).replace(" ,", ",") + end
     return text[0].upper() + text[1:]
 
 
