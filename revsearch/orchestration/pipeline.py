@@ -165,7 +165,8 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]]) -> List[Dict[str, An
         s = settings.supernet
         model = {"hidden": r.hidden or s["hidden"], "splits": s["splits"], "embed_dim": s["embed_dim"],
                  "encoder_layers": r.encoder_layers, "decoder_layers": r.decoder_layers,
-                 "heads": s["heads"], "dropout": s["dropout"], "pooling": s["pooling"],
+                 "heads": s["heads"], "pooling": s["pooling"],
+                 "dropout": r.dropout if r.dropout is not None else s["dropout"],
                  "tie_embeddings": s["tie_embeddings"]}
         if model["hidden"] % model["splits"]:
             model["hidden"] -= model["hidden"] % model["splits"]

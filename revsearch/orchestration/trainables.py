@@ -164,6 +164,7 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
         save_dir = os.path.join(context["run_dir"], "retrain", label)
         train_config = TrainConfig(
             lr=retrain["lr"], warmup_steps=retrain["warmup_steps"], max_tokens=retrain["max_tokens"],
+            label_smoothing=retrain["label_smoothing"],
             max_steps=retrain.get("steps"),
             time_budget_s=(retrain["budget_minutes"] * 60) if retrain.get("budget_minutes") else None,
             valid_every=retrain["validate_every"], log_every=max(1, retrain["validate_every"] // 4),

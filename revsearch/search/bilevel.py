@@ -7,8 +7,9 @@ difference (Liu et al. 2019, eq. 7–8). θ and α have separate optimizers; α 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,21 @@ def inverse_sqrt(step: int, warmup: int) -> float:
     return min(step / warmup, (warmup / step) ** 0.5)
 
 
+@contextlib.contextmanager
+def frozen(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    """Treat ``params`` as constants for one step. The α step then skips every weight-gradient kernel
+    (plain autograd prunes them, and the reversible engine only differentiates parameters that require
+    grad), which is most of a backward pass."""
+    previous = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, previous):
+            p.requires_grad_(flag)
+
+
 class BilevelSearch:
     def __init__(self, supernet: Supernet, config: SearchConfig = SearchConfig()):
         self.model, self.config = supernet, config
@@ -72,9 +88,9 @@ class BilevelSearch:
             arch_loss = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
         else:
             self.alpha_optimizer.zero_grad(set_to_none=True)
-            arch_loss = self.loss(arch_batch)
-            # α's gradient only: θ's .grad left untouched by a grad call restricted to α
-            grads = torch.autograd.grad(arch_loss, self.alphas)
+            with frozen(self.weights):
+                arch_loss = self.loss(arch_batch)
+                grads = torch.autograd.grad(arch_loss, self.alphas)
             for a, g in zip(self.alphas, grads):
                 a.grad = g
         self.alpha_optimizer.step()
@@ -82,8 +98,9 @@ class BilevelSearch:
         for group in self.weight_optimizer.param_groups:
             group["lr"] = lr
         self.weight_optimizer.zero_grad(set_to_none=True)
-        weight_loss = self.loss(weight_batch)
-        grads = torch.autograd.grad(weight_loss, self.weights, allow_unused=True)
+        with frozen(self.alphas):
+            weight_loss = self.loss(weight_batch)
+            grads = torch.autograd.grad(weight_loss, self.weights, allow_unused=True)
         for w, g in zip(self.weights, grads):
             w.grad = g
         if self.config.clip_norm > 0:

