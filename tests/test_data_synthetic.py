@@ -100,3 +100,23 @@ def test_cli_writes_corpus(tmp_path, monkeypatch, capsys):
     corpus = load_corpus(CorpusConfig(dir=str(tmp_path)))
     assert (corpus.src_lang, corpus.tgt_lang, len(corpus.train)) == ("en", "de", 50)
     assert corpus.train == generate_corpus(SyntheticConfig(train=50, valid=5, test=5, seed=3))["train"]
+
+
+def test_relative_clauses_agree_with_their_head():
+    pairs = generate_pairs(2000, seed=4)
+    with_rel = [(s, t) for s, t in pairs if " that " in s]
+    assert len(with_rel) > 100
+    heads = {n[2]: n[4] for n in NOUNS if n[2] != n[3]}     # unambiguous German singular -> gender
+    pron = {"nom": {"m": "der", "f": "die", "n": "das"}, "acc": {"m": "den", "f": "die", "n": "das"}}
+    checked = 0
+    for _, t in with_rel:
+        words = t.replace(",", " ,").split()
+        for i, w in enumerate(words[:-2]):
+            # "<Noun> , <pronoun>" with a singular head noun we know: the pronoun has its gender
+            if w in heads and words[i + 1] == "," and words[i + 2] in {"der", "die", "das", "den"}:
+                if words[i - 1] in {"der", "die", "das", "den", "dem", "ein", "eine", "einen", "mein", "meine",
+                                    "meinen", "dein", "deine", "deinen", "unser", "unsere", "unseren", "kein",
+                                    "keine", "keinen"} or words[i - 1].endswith(("e", "en", "er", "es")):
+                    assert words[i + 2] in (pron["nom"][heads[w]], pron["acc"][heads[w]]), t
+                    checked += 1
+    assert checked > 20

@@ -80,7 +80,8 @@ def test_convert_on_fixtures(tmp_path, pair):
     assert not (tmp_path / "out" / ".work").exists()
     n = len(wmt14.TRAIN_CORPORA[pair])
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["train_dropped"] == {"empty": n, "long": 0, "ratio": n, "duplicate": 0}
+    assert meta["train_dropped"] == {"bad_utf8": 0, "empty": n, "long": 0, "ratio": n, "duplicate": 0}
+    assert meta["sizes"] == {"train": 5 * n, "valid": 2, "test": 3}
     assert meta["valid_set"] == "newstest2013" and sum(meta["train_sources"].values()) == 7 * n
     assert any(m.startswith(f"train: kept {5 * n} pairs") for m in logs)
 
@@ -91,7 +92,28 @@ def test_limit_and_dropped_counts(tmp_path):
     assert len(load_corpus(CorpusConfig(dir=str(tmp_path / "out"))).train) == 4
     pairs, counts = wmt14.clean_pairs([("a", ""), ("a b", "c d"), ("x", "y " * 10), ("w " * 300, "v")],
                                       wmt14.CleanConfig())
-    assert pairs == [("a b", "c d")] and counts == {"empty": 1, "long": 1, "ratio": 1, "duplicate": 0}
+    assert pairs == [("a b", "c d")] and counts == {"bad_utf8": 0, "empty": 1, "long": 1, "ratio": 1, "duplicate": 0}
+
+
+def test_training_corpus_problems(tmp_path):
+    make_raw(tmp_path / "raw")
+    nc = tmp_path / "raw" / "training-parallel-nc-v9.tgz"
+    _tar(nc, {"training/news-commentary-v9.de-en.en": b"good\nbad \xff byte\nfine\n",
+              "training/news-commentary-v9.de-en.de": "gut\nschlecht\nfein\n"})
+    logs = []
+    wmt14.convert_wmt14("en-de", tmp_path / "raw", tmp_path / "out",
+                        wmt14.CleanConfig(dedupe=True), log=logs.append)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["train_dropped"]["bad_utf8"] == 1 and meta["train_sources"]["nc-v9"] == 3
+    assert "training-parallel-nc-v9.tgz: 3 pairs, kept 2" in logs
+    _tar(nc, {"training/news-commentary-v9.de-en.en": "a\nb\nc\n",
+              "training/news-commentary-v9.de-en.de": "x\ny\n"})
+    with pytest.raises(DataError, match=r"nc-v9.tgz:news-commentary-v9.de-en.en has 3 lines but "
+                                        r".*news-commentary-v9.de-en.de has 2"):
+        wmt14.convert_wmt14("en-de", tmp_path / "raw", tmp_path / "out2", log=lambda m: None)
+    _tar(nc, {"training/other.en": "a\n"})
+    with pytest.raises(DataError, match=r"nc-v9.tgz: no member named news-commentary-v9.de-en.en"):
+        wmt14.convert_wmt14("en-de", tmp_path / "raw", tmp_path / "out3", log=lambda m: None)
 
 
 def test_download_is_the_only_network_step(tmp_path, monkeypatch):
