@@ -118,9 +118,9 @@ def tatoeba(args) -> dict:
     cfg = BaselineConfig(
         corpus=CorpusConfig(dir=str(data), src_lang="en", tgt_lang="de"),
         out_dir=args.out,
-        spm=SentencePieceConfig(vocab_size=args.vocab_size or 8000, cache_dir=args.cache_dir),
-        model=dict(embed_dim=256, hidden=256, encoder_layers=3, decoder_layers=3, heads=4, ffn_dim=1024,
-                   dropout=0.1),
+        spm=SentencePieceConfig(vocab_size=args.vocab_size or 4000, cache_dir=args.cache_dir),
+        model=dict(embed_dim=256, hidden=args.dim, encoder_layers=args.layers, decoder_layers=args.layers,
+                   heads=4, ffn_dim=4 * args.dim, dropout=args.dropout),
         train=train_config(args.minutes, args, average_last=args.average_last,
                            save_dir=None, resume=False),
         eval=EvalConfig(decode=DecodeConfig(beam_size=args.beam)),
@@ -142,7 +142,7 @@ def synthetic(args) -> dict:
     models = {
         "transformer_small": lambda: StandardTransformer(TransformerConfig(
             tok.vocab_size, embed_dim=args.dim, hidden=args.dim, encoder_layers=args.layers,
-            decoder_layers=args.layers, heads=4, ffn_dim=2 * args.dim, dropout=0.1)),
+            decoder_layers=args.layers, heads=4, ffn_dim=2 * args.dim, dropout=args.dropout)),
         "conv_only_1layer": lambda: ConvOnlySeq2Seq(tok.vocab_size, embed_dim=args.dim, hidden=args.dim, kernel=5),
     }
     results = {"corpus": {"dir": str(work / "corpus"), "sizes": {k: len(v) for k, v in corpus.splits.items()},
@@ -170,13 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic", action="store_true", help="benchmark the embedded synthetic pair instead")
     p.add_argument("--minutes", type=float, help="training budget (per model for --synthetic); default 20 / 3")
     p.add_argument("--train", type=int, default=20000, help="synthetic training pairs")
-    p.add_argument("--dim", type=int, default=128, help="synthetic models' width")
-    p.add_argument("--layers", type=int, default=2, help="synthetic Transformer's encoder/decoder layers")
-    p.add_argument("--vocab-size", type=int, help="SentencePiece vocabulary (default 8000 / 1000)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--max-tokens", type=int, default=4096)
-    p.add_argument("--valid-every", type=int, default=1000)
+    p.add_argument("--dim", type=int, help="model width (default 256 Tatoeba / 128 synthetic)")
+    p.add_argument("--layers", type=int, help="Transformer encoder/decoder layers (default 3 / 2)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--vocab-size", type=int, help="SentencePiece vocabulary (default 4000 / 1000)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--valid-every", type=int, default=200)
     p.add_argument("--average-last", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.minutes is None:
         args.minutes = 3.0 if args.synthetic else 20.0
+    args.dim = args.dim or (128 if args.synthetic else 256)
+    args.layers = args.layers or (2 if args.synthetic else 3)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     try:
