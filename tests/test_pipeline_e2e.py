@@ -50,8 +50,9 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
     study = optuna.load_study(study_name="micro-search",
                               storage="sqlite:///" + os.path.join(run_dir, "optuna.db"))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert all("splits" in t.params and "hidden" in t.user_attrs or "hidden" in t.params or True
-               for t in study.trials)
+    for t in study.trials:  # derived parameter recorded beside the sampled ones
+        assert t.user_attrs["hidden"] == t.params["splits"] * t.params["per_split_width"]
+        assert t.values[0] > 0
 
     # MLflow: one parent, two search children, two retrain children, all linked
     client = MlflowClient("sqlite:///" + os.path.join(storage, "mlflow.db"))

@@ -11,7 +11,6 @@ import sys
 def _run(args) -> int:
     from ..orchestration.data_prep import prepare_data
     from ..orchestration.pipeline import retrain_candidates
-    from ..orchestration.space import resolve_trial
     from ..orchestration.trainables import run_retrain
     from ..search import Genotype
     from .run import load
@@ -22,11 +21,12 @@ def _run(args) -> int:
         sweep.retrain.steps = args.steps
     if args.hidden:
         sweep.retrain.hidden = args.hidden
-    params = {"splits": genotype.splits}
-    settings = resolve_trial(sweep, params)
+    width = max(1, sweep.search.hidden // sweep.search.splits)
+    params = {"splits": genotype.splits, "pooling": genotype.pooling,
+              "hidden": args.hidden or genotype.splits * width}
     chosen = [{"rank_in_search": 1, "trial_id": "manual", "config": params, "genotype": genotype.to_json(),
                "genotype_key": genotype.key(), "search_run_id": "", "search_seconds": 0.0}]
-    candidates = retrain_candidates(sweep, chosen)
+    candidates = retrain_candidates(sweep, chosen, partial=True)
     candidates[0]["label"] = args.label or os.path.splitext(os.path.basename(args.genotype))[0]
     if not args.baseline:
         candidates = candidates[:1]

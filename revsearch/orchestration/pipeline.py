@@ -107,7 +107,7 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
             scheduler = ASHAScheduler(metric=single, mode=single_mode, time_attr="training_iteration",
                                       grace_period=sweep.scheduler.grace_period,
                                       reduction_factor=sweep.scheduler.reduction_factor,
-                                      max_t=sweep.scheduler.max_t or 10 ** 9)
+                                      max_t=sweep.max_reports)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, sweep.max_concurrent),
@@ -155,13 +155,14 @@ def select_candidates(sweep, results, log: Callable[[str], None]) -> List[Dict[s
     return candidates, finished, points, front
 
 
-def retrain_candidates(sweep, chosen: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Turn chosen genotypes into retrain trial configs (+ the Transformer baseline)."""
+def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = False) -> List[Dict[str, Any]]:
+    """Turn chosen genotypes into retrain trial configs (+ the Transformer baseline). ``partial``: the
+    configs are hand-made (``revsearch retrain``), not Tune trial configs."""
     from .space import resolve_trial
     r = sweep.retrain
     out = []
     for c in chosen:
-        settings = resolve_trial(sweep, c["config"])
+        settings = resolve_trial(sweep, c["config"], partial=partial)
         s = settings.supernet
         model = {"hidden": r.hidden or s["hidden"], "splits": s["splits"], "embed_dim": s["embed_dim"],
                  "encoder_layers": r.encoder_layers, "decoder_layers": r.decoder_layers,
