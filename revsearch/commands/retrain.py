@@ -37,7 +37,8 @@ def _run(args) -> int:
     from ..orchestration.tracking import KIND_TAG, Tracker
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(sweep.storage, "mlartifacts"))
-    run_dir = os.path.join(sweep.storage, "retrain-cli")
+    import time
+    run_dir = os.path.join(sweep.storage, "retrain-cli", time.strftime("%Y%m%d-%H%M%S"))
     parent = tracker.start_run(f"retrain {candidates[0]['label']}", {KIND_TAG: "retrain-cli"})
     context = {"tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
                "artifact_root": os.path.join(sweep.storage, "mlartifacts"), "parent_run_id": parent,
