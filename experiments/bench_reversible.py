@@ -19,9 +19,11 @@ import statistics
 import sys
 import time
 
-import torch
+# On a shared machine idle OpenMP threads spin and distort timings; must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from revsearch.models.split_seq2seq import pool_splits  # noqa: F401  (documents where pooling lives)
+import torch  # noqa: E402
+
 from revsearch.ops import OpConfig
 from revsearch.reversible import MultiSplitCoupling, ReversibleStack, SavedTensorMeter
 from revsearch.search.node import MixedNode, new_alpha
@@ -48,18 +50,21 @@ def make_batch(batch: int, length: int, hidden: int, splits: int, seed: int):
 
 
 def one_step(stack, xs, pad, seed):
-    """forward + backward; returns (forward_saved, peak, seconds)."""
+    """forward + backward; returns (forward_saved, peak, wall seconds, CPU seconds of this thread).
+
+    With one torch thread all the work runs on this thread (CPU autograd runs backward on the caller),
+    so its CPU time is a timing that other processes on a shared machine barely disturb."""
     stack.zero_grad(set_to_none=True)
     for x in xs:
         x.grad = None
     torch.manual_seed(seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     with SavedTensorMeter(stack.parameters()) as meter:
         ys = stack(xs, (pad,))
         forward_saved = meter.live_bytes
         loss = sum((y * y).mean() for y in ys)
         loss.backward()
-    return forward_saved, meter.peak_bytes, time.perf_counter() - start
+    return forward_saved, meter.peak_bytes, time.perf_counter() - start, time.thread_time() - cpu_start
 
 
 def grad_vector(stack, xs):
@@ -77,19 +82,23 @@ def run(depths, hidden, splits, batch, length, steps, dropout, seed):
         stats = {}
         for mode in MODES:
             stack.mode = mode
-            saved, peak, _ = one_step(stack, xs, pad, seed)  # warm-up; gradient at a fixed seed
-            stats[mode] = {"grads": grad_vector(stack, xs), "saved": saved, "peak": peak, "times": []}
+            saved, peak, _, _ = one_step(stack, xs, pad, seed)  # warm-up; gradient at a fixed seed
+            stats[mode] = {"grads": grad_vector(stack, xs), "saved": saved, "peak": peak, "times": [],
+                           "cpu": []}
         for _ in range(steps):
             for mode in MODES:
                 stack.mode = mode
-                stats[mode]["times"].append(one_step(stack, xs, pad, seed)[2])
+                _, _, wall, cpu = one_step(stack, xs, pad, seed)
+                stats[mode]["times"].append(wall)
+                stats[mode]["cpu"].append(cpu)
         reference = stats["plain"]["grads"]
         for mode in MODES:
             s = stats[mode]
             err = float((s["grads"] - reference).norm() / reference.norm())
             records.append({"depth": depth, "mode": mode, "forward_saved_bytes": s["saved"],
                             "peak_activation_bytes": s["peak"],
-                            "step_seconds": statistics.median(s["times"]), "grad_rel_err": err})
+                            "step_seconds": statistics.median(s["times"]),
+                            "step_cpu_seconds": statistics.median(s["cpu"]), "grad_rel_err": err})
         print(f"  depth {depth:2d}: " + ", ".join(
             f"{m} {statistics.median(stats[m]['times']):.3f}s" for m in MODES), file=sys.stderr)
     return records
@@ -97,13 +106,13 @@ def run(depths, hidden, splits, batch, length, steps, dropout, seed):
 
 def table(records) -> str:
     lines = [f"{'depth':>5} {'mode':>10} {'fwd saved MiB':>13} {'peak MiB':>9} {'step s':>7} "
-             f"{'x plain time':>12} {'plain/x peak':>12} {'grad rel err':>12}"]
+             f"{'cpu s':>7} {'x plain cpu':>11} {'plain/x peak':>12} {'grad rel err':>12}"]
     plain = {r["depth"]: r for r in records if r["mode"] == "plain"}
     for r in records:
         p = plain[r["depth"]]
         lines.append(f"{r['depth']:>5} {r['mode']:>10} {r['forward_saved_bytes'] / 2**20:>13.2f} "
                      f"{r['peak_activation_bytes'] / 2**20:>9.2f} {r['step_seconds']:>7.3f} "
-                     f"{r['step_seconds'] / p['step_seconds']:>12.2f} "
+                     f"{r['step_cpu_seconds']:>7.3f} {r['step_cpu_seconds'] / p['step_cpu_seconds']:>11.2f} "
                      f"{p['peak_activation_bytes'] / r['peak_activation_bytes']:>12.1f} "
                      f"{r['grad_rel_err']:>12.2e}")
     return "\n".join(lines)
@@ -120,7 +129,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per point (median reported)")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 gives the steadiest ratios on a shared machine)")
     parser.add_argument("--json", metavar="PATH", help="write {'records': [...]} here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
