@@ -169,7 +169,7 @@ def test_define_by_run_is_picklable_and_works_through_ray_optuna_search():
 
 def test_resolve_trial_checks_its_input():
     sweep = load_sweep(QUICKSTART)
-    good = {"splits": 3, "per_split_width": 24, "op_set": "light", "alpha_lr": 1e-3, "unrelated": object()}
+    good = {"splits": 3, "per_split_width": 24, "op_set": "light", "alpha_lr": 1e-2, "unrelated": object()}
     assert resolve_trial(sweep, good).params["hidden"] == 72
     cases = [({k: v for k, v in good.items() if k != "op_set"}, "space.op_set: missing"),
              (dict(good, splits=4), "space.splits: trial value 4 is outside"),
@@ -285,7 +285,7 @@ BAD_CASES = [
     ({"space.splits.values": [2, 2]}, "space.splits.values[1]: duplicate value 2"),
     ({"space.splits.values": [1, 2]}, "space.splits.values[0]: must be an integer >= 2, got 1"),
     ({"space.op_set.values": ["light", "heavy"]}, "space.op_set.values[1]: unknown op set 'heavy'"),
-    ({"space.alpha_lr.low": 0.1}, "space.alpha_lr.high: must be > low (0.1), got 0.003"),
+    ({"space.alpha_lr.low": 0.1}, "space.alpha_lr.high: must be > low (0.1), got 0.03"),
     ({"space.alpha_lr.type": "uniform", "space.alpha_lr.low": 0.0},
      "space.alpha_lr.low: must be a number > 0, got 0.0"),
     ({"space.alpha_lr.low": -1.0}, "space.alpha_lr.low: must be a number > 0"),
