@@ -13,9 +13,11 @@ the built model). The parent polls the child's RSS every 50 ms and kills it once
 largest that fits is the last fitting point (``--refine`` bisects the gap in steps of 16 * splits).
 Step time is the median of ``--steps`` timed steps after the warm-up while both modes are in the sweep
 (``--solo-steps`` once one mode is left: big sizes are slow on a CPU). Modes run alternately at each
-hidden size so that load from other processes hits both alike. The default sweep steps by x1.5 / x1.33
-(64, 96, 128, 192, 256, ...), so each max is within that factor below the true limit; ``--refine`` or
-``--hiddens`` narrow it. The default run takes about 15 minutes on 2 cores.
+hidden size so that load from other processes hits both alike, and children run with
+OMP_WAIT_POLICY=PASSIVE unless it is set (spinning OpenMP threads collapse under load). The default
+sweep steps by x1.5 / x1.33 (64, 96, 128, 192, 256, ...), so each max is within that factor below the
+true limit; ``--refine`` or ``--hiddens`` narrow it. The default run takes about 15 minutes on 2 idle
+cores (longer on a shared machine).
 
 Settings (the paper's search setting scaled to CPU): full op set (13 encoder / 14 decoder ops), splits 2
 (decoder 3), embed 256, 6 + 6 layers built from a 2-layer searched cell (alpha shared, theta per layer),
@@ -45,7 +47,9 @@ BOS, EOS = 2, 3
 METHOD = ("peak RSS (getrusage ru_maxrss) of a fresh child process per point, torch import + supernet + "
           "optimizers + {warmup} warm-up and {steps} timed BilevelSearch.step calls (alpha then theta); "
           "step increment = peak - RSS before the first step; the parent polls RSS every 50 ms and kills "
-          "a child above the budget; step time = median of the timed steps")
+          "a child above the budget; step time = median of the timed steps; children run with "
+          "OMP_WAIT_POLICY={omp} (idle OpenMP threads sleep instead of spinning: on a shared machine "
+          "spinning made steps 3x slower)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +138,7 @@ def measure(mode: str, hidden: int, args, steps: int) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     budget = int(args.budget_gib * GIB)
     record = {"mode": mode, "hidden": hidden, "peak_rss_bytes": None, "step_increment_bytes": None,
               "step_seconds": None, "timed_steps": steps, "fits": False, "status": "ok"}
@@ -315,7 +320,8 @@ def main(argv=None):
     steps = str(args.steps)
     if args.solo_steps != args.steps:
         steps += f" ({args.solo_steps} once one mode is left)"
-    method = METHOD.format(warmup=args.warmup, steps=steps)
+    method = METHOD.format(warmup=args.warmup, steps=steps,
+                           omp=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     sentences = max(1, args.tokens // args.length)
     print(f"budget {args.budget_gib:g} GiB; splits {args.splits}/{args.splits + 1}, layers {args.layers} "
           f"(cell {args.cell_layers}, alpha shared), embed {args.embed_dim}, "
