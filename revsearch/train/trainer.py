@@ -9,7 +9,8 @@ orchestration layer (Ray Tune / MLflow) to follow the curves.
 Checkpoints in ``save_dir``: ``checkpoint_<step>.pt`` (the last ``keep_last`` kept),
 ``checkpoint_last.pt``, ``checkpoint_best.pt`` (lowest valid NLL) and, when ``average_last > 1``,
 ``checkpoint_avg.pt``. With ``resume`` a run continues from ``checkpoint_last.pt``; the time budget
-counts the training time of all runs together.
+counts the training time of all runs together. Constructing a ``Trainer`` seeds ``torch`` and ``random``
+with ``config.seed`` (dropout and batch order are then reproducible, and resuming is exact).
 """
 from __future__ import annotations
 
@@ -164,7 +165,8 @@ class Trainer:
             random.setstate((py[0], tuple(py[1]), py[2]))
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self._log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, {self.elapsed:.0f}s trained)")
+        if not self.cfg.quiet:
+            self._log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, {self.elapsed:.0f}s trained)")
 
     def _save(self, is_best: bool) -> None:
         if not self.save_dir:
