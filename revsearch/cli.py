@@ -14,8 +14,22 @@ from .errors import RevsearchError
 COMMANDS = ["run", "retrain", "report", "data", "train", "translate", "evaluate"]
 
 
+def one_line(text: object, limit: int = 2000) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one stderr line (``<prog>: error: <what> (see <prog> --help)``)
+    instead of the usage block plus the error. Subparsers inherit the class."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="revsearch",
         description="Memory-efficient differentiable architecture search for Transformers: a reversible "
                     "multi-split DARTS supernet searched as Ray Tune experiments, tracked in MLflow.",
@@ -27,13 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deepest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` selected, e.g. ``revsearch data check``."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of subparsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _deepest(action.choices[name], args)
+    return parser
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand whose options were mistyped, not the top-level program
+        _deepest(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args) or 0)
     except RevsearchError as err:
-        print(f"revsearch: error: {err}", file=sys.stderr)
+        print(f"revsearch: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("revsearch: interrupted", file=sys.stderr)
@@ -41,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("REVSEARCH_DEBUG"):
             raise
-        print(f"revsearch: internal error: {type(err).__name__}: {err} "
+        print(f"revsearch: internal error: {type(err).__name__}: {one_line(err, 500)} "
               f"(set REVSEARCH_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
 

@@ -28,14 +28,61 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="less Tune output")
 
 
+def tracking_override(uri: str) -> str:
+    """``--tracking-uri`` checked by the same rules as ``tracking.uri`` in a sweep file (a relative
+    ``sqlite:///`` path resolves against the working directory)."""
+    from ..errors import ConfigError
+    from ..orchestration.sweep import _Validator
+    try:
+        return _Validator("--tracking-uri", os.getcwd()).tracking({"uri": uri}).uri
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("--tracking-uri: tracking.uri: ", "--tracking-uri: ", 1)) from None
+
+
 def load(args):
     from ..orchestration.sweep import load_sweep
     sweep = load_sweep(args.config)
-    if args.tracking_uri:
-        sweep.tracking.uri = args.tracking_uri
-    if args.storage:
+    if getattr(args, "tracking_uri", None):
+        sweep.tracking.uri = tracking_override(args.tracking_uri)
+    if getattr(args, "storage", None):
         sweep.storage = os.path.abspath(args.storage)
     return sweep
+
+
+def ensure_storage(sweep, args=None) -> str:
+    """Create the results root if needed and check that it is a writable directory; one ``ConfigError``
+    line naming ``--storage`` or the sweep file's ``storage`` otherwise. Returns the path."""
+    import tempfile
+    from ..errors import ConfigError
+    path = sweep.storage
+    where = "--storage" if getattr(args, "storage", None) else f"{sweep.source}: storage"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{where}: {path} is a file, expected a directory for the results")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot write the results directory {path} "
+                          f"({err.strerror or type(err).__name__})") from None
+    return path
+
+
+def preflight(sweep, args=None) -> None:
+    """Checks before the pipeline creates a run directory or an MLflow run: the results directory is
+    writable, ``--resume`` names a run, and the tracking store is usable (server reachable, database driver installed, experiment
+    readable or created). Each failure is one ``ConfigError`` line."""
+    from ..errors import ConfigError
+    from ..orchestration.pipeline import choose_run_dir
+    from ..orchestration.tracking import Tracker
+    ensure_storage(sweep, args)
+    choose_run_dir(sweep.storage, sweep.name, getattr(args, "resume", None))   # a bad --resume, first
+    try:
+        Tracker(sweep.tracking_uri, sweep.experiment_name,
+                artifact_root=os.path.join(sweep.storage, "mlartifacts"))
+    except ConfigError as err:   # name where the URI came from: the option or the sweep file
+        where = "--tracking-uri" if getattr(args, "tracking_uri", None) else f"{sweep.source}: tracking.uri"
+        raise ConfigError(str(err).replace("tracking.uri", where, 1)) from None
 
 
 def _log(message: str) -> None:
@@ -45,6 +92,7 @@ def _log(message: str) -> None:
 def _run(args) -> int:
     from ..orchestration.pipeline import run_pipeline
     sweep = load(args)
+    preflight(sweep, args)
     result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log)
     print(f"best: {result['best'].label}  BLEU {result['best'].bleu:.2f}  "
           f"(registered '{sweep.registered_model_name}' v{result['model_version']}, alias 'best')")
@@ -56,6 +104,7 @@ def _run(args) -> int:
 def _search(args) -> int:
     from ..orchestration.pipeline import run_pipeline
     sweep = load(args)
+    preflight(sweep, args)
     result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, search_only=True)
     for c in result["candidates"]:
         print(f"{c['label']}: {c.get('genotype_file', '')}")

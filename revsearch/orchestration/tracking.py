@@ -3,15 +3,21 @@ active-run state, so trials in one worker process never log into each other's ru
 
 Run tree: one parent run per ``revsearch run``; a child per search trial and per retrain, found again by
 tags (``revsearch.trial_key``) so a restarted or resumed trial continues its own run instead of opening
-a second one. Parameters are flat, dotted, and never contain secrets (credentials in URIs are masked).
+a second one. Parameters, tags and JSON artifacts never contain secrets: secret-named keys are dropped
+(params) or masked, credentials in URIs and ``token=...`` assignments are masked.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import socket
+import ssl
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 from ..errors import ConfigError
@@ -19,31 +25,109 @@ from ..errors import ConfigError
 PARENT_TAG = "mlflow.parentRunId"
 KEY_TAG = "revsearch.trial_key"
 KIND_TAG = "revsearch.kind"
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api[_-]?key|credential)", re.I)
-_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", re.I)
+#: a key is secret when one of its words (split at _ - . and camelCase) is one of these ...
+_SECRET_WORDS = frozenset({"password", "passwords", "passwd", "pwd", "passphrase", "secret", "secrets",
+                           "token", "credential", "credentials", "apikey", "cookie", "authorization",
+                           "signature"})
+#: ... or two adjacent words are one of these pairs
+_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"),
+                           ("session", "key"), ("client", "secret"), ("auth", "key")})
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/?#\s]+)@", re.I)
+_ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z0-9_.-]+)=(?P<value>[^\s&;#]*)")
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+MASK = "***"
+
+
+def is_secret_key(key: Any) -> bool:
+    """``api_token``, ``DB_PASSWORD``, ``awsSecretAccessKey``, ``private-key``: True; ``max_tokens``,
+    ``tokenizer``: False."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key))
+    words = re.findall(r"[a-z]+", spaced.lower())
+    return any(w in _SECRET_WORDS for w in words) or any(p in _SECRET_PAIRS for p in zip(words, words[1:]))
 
 
 def mask_secrets(value: Any) -> Any:
-    """``https://user:pw@host`` -> ``https://***@host``; other values unchanged."""
-    if isinstance(value, str):
-        return _URI_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", value)
-    return value
+    """Strings: ``https://user:pw@host`` -> ``https://***@host`` (a password holding ``@`` included), and
+    the value of any ``secret_name=value`` (query parameters, keyword DSNs) -> ``secret_name=***``.
+    Other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    value = _URI_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{MASK}@", value)
+    return _ASSIGNMENT.sub(lambda m: f"{m.group('key')}={MASK}" if is_secret_key(m.group("key")) else m.group(0),
+                           value)
+
+
+def redact(data: Any) -> Any:
+    """A copy of nested mappings/lists with secret-named keys' values replaced by ``***`` and credentials
+    masked in every string (for JSON artifacts)."""
+    if isinstance(data, Mapping):
+        return {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(v) for v in data]
+    return mask_secrets(data)
 
 
 def flatten_params(data: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
-    """Nested config -> flat ``a.b.c`` string params (MLflow limits values to 6000 chars)."""
+    """Nested config -> flat ``a.b.c`` string params (MLflow limits values to 6000 chars). Secret-named
+    keys are left out; credentials inside values are masked."""
     flat: Dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if _SECRET_KEY.search(str(key)):
+        if is_secret_key(key):
             continue
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, name + "."))
         else:
             if isinstance(value, (list, tuple)):
                 value = ",".join(str(v) for v in value)
-            flat[name] = str(mask_secrets(value))[:6000]
+            flat[name] = str(mask_secrets(str(value)))[:6000]
     return flat
+
+
+def check_tracking_uri(tracking_uri: str) -> None:
+    """Fast checks of a tracking URI, each failure one ``ConfigError`` line: not a URI, a file
+    store (MLflow 3.17 refuses them unless ``MLFLOW_ALLOW_FILE_STORE=true``), or an http(s) server that
+    gives no HTTP answer within ``REVSEARCH_TRACKING_CONNECT_TIMEOUT`` seconds (default 5; MLflow itself
+    retries for minutes)."""
+    shown = mask_secrets(tracking_uri)
+    if not isinstance(tracking_uri, str) or not tracking_uri.strip():
+        raise ConfigError(f"tracking.uri: empty MLflow tracking URI {shown!r}")
+    file_store_ok = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
+    is_file = tracking_uri.startswith("file:") or (not _URI_SCHEME.match(tracking_uri)
+                                                    and tracking_uri != "databricks")
+    if is_file and not file_store_ok:
+        raise ConfigError(f"tracking.uri: {shown!r} is a file store, which MLflow 3.17 refuses; use "
+                          f"sqlite:////abs/path/mlflow.db or a tracking server (http://host:5000)")
+    parsed = urllib.parse.urlsplit(tracking_uri)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError as err:
+        raise ConfigError(f"tracking.uri: {shown!r} is not a valid URL ({err})") from None
+    if not host:
+        raise ConfigError(f"tracking.uri: {shown!r} has no host")
+    # one GET of the server's /health, without the credentials, through the environment's proxies; any
+    # HTTP answer (even 401 or 404) or a TLS problem means "reachable" and MLflow takes it from there
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    probe = urllib.parse.urlunsplit((scheme, netloc, parsed.path.rstrip("/") + "/health", "", ""))
+    timeout = float(os.environ.get("REVSEARCH_TRACKING_CONNECT_TIMEOUT", "5"))
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):
+            return
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            text = f"no answer within {timeout:g}s"
+        else:
+            text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        raise ConfigError(f"tracking.uri: cannot reach the MLflow tracking server {shown!r} "
+                          f"({mask_secrets(text)}); start it or fix the URI") from None
 
 
 def default_tracking_uri(storage: str) -> str:
@@ -54,13 +138,14 @@ class Tracker:
     """Thin, explicit wrapper of ``MlflowClient`` bound to one experiment."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Optional[str] = None):
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
+        check_tracking_uri(tracking_uri)
         self.tracking_uri, self.experiment_name = tracking_uri, experiment
-        mlflow.set_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            mlflow.set_tracking_uri(tracking_uri)
+            self.client = MlflowClient(tracking_uri=tracking_uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 location = None
@@ -72,8 +157,9 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as err:  # noqa: BLE001 - any failure to reach the store is one user-facing line
+            first = (str(err).strip().splitlines() or [""])[0][:200]
             raise ConfigError(f"tracking.uri: cannot use MLflow tracking URI {mask_secrets(tracking_uri)!r}: "
-                              f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+                              f"{type(err).__name__}: {mask_secrets(first)}") from None
 
     # --- runs ------------------------------------------------------------------------------------
     def find_run(self, tags: Mapping[str, str]) -> Optional[str]:
@@ -124,7 +210,7 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+            self.client.set_tag(run_id, k, MASK if is_secret_key(k) else mask_secrets(str(v)))
 
     def log_artifact(self, run_id: str, path: str, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)
@@ -137,7 +223,7 @@ class Tracker:
             self.log_artifact(run_id, path, os.path.dirname(name) or None)
 
     def log_json(self, run_id: str, data: Any, name: str) -> None:
-        self.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), name)
+        self.log_text(run_id, json.dumps(redact(data), indent=2, sort_keys=True, default=str), name)
 
     def children(self, parent: str, kind: Optional[str] = None) -> Iterable:
         clauses = f"tags.`{PARENT_TAG}` = '{parent}'"
