@@ -11,6 +11,11 @@ from typing import List, Optional
 
 from .errors import RevsearchError
 
+# Idle OpenMP threads that spin make torch several times slower on a shared or oversubscribed machine
+# (two Tune trials on two cores); sleeping threads cost nothing measurable. Must precede torch's import;
+# Ray workers started from here inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 COMMANDS = ["run", "retrain", "report", "data", "train", "translate", "evaluate"]
 
 

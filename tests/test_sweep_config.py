@@ -20,7 +20,8 @@ from revsearch.orchestration.sweep import DATA_SPACE_KEYS, SEARCH_KEYS, TOP_KEYS
 from revsearch.search import SearchConfig, SupernetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "tune_configs", "*.yaml")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "tune_configs", "*.yaml"))
+                 if not os.path.basename(p).startswith("cluster"))  # Ray cluster files, not sweeps
 QUICKSTART = os.path.join(ROOT, "tune_configs", "quickstart.yaml")
 SRC = "sweep.yaml"
 

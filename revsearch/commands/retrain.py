@@ -13,9 +13,11 @@ def _run(args) -> int:
     from ..orchestration.pipeline import retrain_candidates
     from ..orchestration.trainables import run_retrain
     from ..search import Genotype
-    from .run import load
+    from .run import load, preflight
 
     sweep = load(args)
+    args.resume = None
+    preflight(sweep, args)
     genotype = Genotype.load(args.genotype)
     if args.steps:
         sweep.retrain.steps = args.steps
