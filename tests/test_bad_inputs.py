@@ -308,8 +308,7 @@ CASES: List[Case] = [
     Case("data-sweep-corpus-missing", "data", "sweep with `data.kind: corpus` and a `data.path` that does not exist",
          run_case(lambda f: f.sweep("corpus-missing.yaml", lambda d: d.update(
              data={"kind": "corpus", "path": f.path("no-such-corpus"), "src_lang": "en", "tgt_lang": "de"}))),
-         ["no-such-corpus"], sweep=True,
-         known_issue="pipeline.py starts the MLflow parent run before prepare_data: a FAILED run is recorded"),
+         ["no-such-corpus"], sweep=True),
     # genotypes --------------------------------------------------------------------------------------
     Case("genotype-missing", "genotype", "genotype file does not exist",
          lambda f, s: ["retrain", f.path("missing.json"), "--config", f.sweep("base.yaml"), "--storage", s],

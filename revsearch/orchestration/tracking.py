@@ -9,6 +9,7 @@ a second one. Parameters, tags and JSON artifacts never contain secrets: secret-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -140,6 +141,9 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Optional[str] = None):
         check_tracking_uri(tracking_uri)
         self.tracking_uri, self.experiment_name = tracking_uri, experiment
+        # a new SQLite store announces its schema migration on stderr; keep the CLI's output to our lines
+        for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             import mlflow
             from mlflow.tracking import MlflowClient
