@@ -9,6 +9,7 @@ latest one: finished trials are not rerun and MLflow runs are reopened, not dupl
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -19,9 +20,10 @@ from typing import Any, Callable, Dict, List, Optional
 from ..errors import RevsearchError
 from .data_prep import PreparedData, prepare_data
 from .ranking import RankRow, pareto_front, plot_pareto, rank, write_ranking, to_markdown
-from .tracking import KIND_TAG, Tracker
+from .tracking import KIND_TAG, Tracker, mask_secrets
 
 STATE_FILE = "run_state.json"
+TUNE_TRIAL_ATTR = "tune_trial_id"   # Optuna user attribute: the Tune trial a study trial belongs to
 
 
 @dataclass
@@ -79,11 +81,114 @@ def _objective(sweep):
     return metric, mode
 
 
+def _study_storage(run_dir: str):
+    import optuna
+    return optuna.storages.RDBStorage("sqlite:///" + os.path.join(run_dir, "optuna.db"))
+
+
+@functools.lru_cache(maxsize=None)
+def _resumable_optuna_search():
+    """``OptunaSearch`` that survives a killed driver. Tune saves the searcher (a pickle) with its
+    experiment state every 10 s or more, but the study in the RDB is written at once, so a restored
+    searcher can be older than its study:
+
+    * a trial that finished after the last save is COMPLETE in the study while Tune reruns it: reporting
+      to it raised ``UpdateFinishedTrialError`` inside ``Tuner.fit()`` and the resume crashed;
+    * a trial that errored was told FAIL at once; ``--resume`` (``resume_errored=True``) reruns and
+      finishes it, but its completion is dropped, so the study kept a stale FAIL.
+
+    Here an errored trial stays RUNNING in the study and reports to finished trials are skipped;
+    :func:`reconcile_study` settles every trial once ``fit()`` has returned. Each study trial records its
+    Tune trial id (user attribute ``tune_trial_id``). Built lazily (Ray and Optuna are imported on first
+    use) and reachable as ``pipeline.ResumableOptunaSearch``, so a pickled Tuner finds it again."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ResumableOptunaSearch(OptunaSearch):
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if config is not None and ot_trial is not None:
+                ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return config
+
+        def on_trial_result(self, trial_id: str, result: Dict) -> None:
+            try:
+                super().on_trial_result(trial_id, result)
+            except UpdateFinishedTrialError:  # the study already holds this trial's end
+                self._completed_trials.add(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False):
+            if error:  # left RUNNING: a resume may still finish it; reconcile_study() decides
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    ResumableOptunaSearch.__module__ = __name__
+    ResumableOptunaSearch.__qualname__ = ResumableOptunaSearch.__name__
+    return ResumableOptunaSearch
+
+
+def __getattr__(name: str):  # PEP 562: the lazily built searcher class, for pickle
+    if name == "ResumableOptunaSearch":
+        return _resumable_optuna_search()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def reconcile_study(sweep, run_dir: str, results, log: Callable[[str], None]) -> None:
+    """After stage 1's ``fit()`` no trial runs any more, so no study trial may stay RUNNING: one whose Tune
+    trial finished gets Tune's final value (COMPLETE), any other (its trial errored, or Tune lost it with a
+    killed driver and sampled a replacement on ``--resume``) is marked FAIL."""
+    import optuna
+    from optuna.trial import TrialState
+
+    metric, _ = _objective(sweep)
+    metrics = metric if isinstance(metric, list) else [metric]
+    finished = {}
+    for result in results:
+        m = result.metrics or {}
+        if result.error is None and m.get("trial_id") and all(k in m for k in metrics):
+            finished[m["trial_id"]] = [float(m[k]) for k in metrics]
+    study = optuna.load_study(study_name=f"{sweep.name}-search", storage=_study_storage(run_dir))
+    settled = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        values = finished.get(trial.user_attrs.get(TUNE_TRIAL_ATTR))
+        if values is not None:
+            study.tell(trial.number, values if len(values) > 1 else values[0])
+        else:
+            study.tell(trial.number, state=TrialState.FAIL)
+        settled.append(f"#{trial.number} {'COMPLETE' if values is not None else 'FAIL'}")
+    if settled:
+        log("stage 1: Optuna study reconciled with Tune: " + ", ".join(settled))
+
+
+def close_dead_runs(tracker: Tracker, parent: str, kind: str, results, log: Callable[[str], None]) -> None:
+    """Once a stage's ``fit()`` returned, a child run still RUNNING belongs to a killed process: FAILED if
+    Tune knows its trial (a worker killed for good), KILLED and tagged ``revsearch.orphaned`` if not (Tune
+    lost the trial with a killed driver and, on ``--resume``, sampled another one in its place)."""
+    tag = "revsearch.trial_id" if kind == "search" else "revsearch.candidate"
+    known = set()
+    for result in results:
+        m, config = result.metrics or {}, result.config or {}
+        known.update(str(v) for v in (m.get("trial_id"), m.get("label"),
+                                      (config.get("candidate") or {}).get("label")) if v)
+        path = os.path.basename(str(result.path or ""))
+        known.update(part for part in path.split("_") if part)
+    for run in tracker.children(parent, kind):
+        if run.info.status != "RUNNING":
+            continue
+        name = run.data.tags.get(tag, "")
+        if name in known:
+            tracker.end_run(run.info.run_id, "FAILED")
+        else:
+            tracker.set_tags(run.info.run_id, {"revsearch.orphaned": "trial lost by Tune with a killed driver"})
+            tracker.end_run(run.info.run_id, "KILLED")
+            log(f"{kind} run {run.info.run_id} ({name}): its Tune trial was lost, marked KILLED")
+
+
 def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log: Callable[[str], None]):
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
     from .space import define_by_run
     from .trainables import search_trainable
 
@@ -95,10 +200,9 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
         log(f"stage 1: resuming the search experiment in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
-        storage = optuna.storages.RDBStorage("sqlite:///" + os.path.join(run_dir, "optuna.db"))
-        searcher = OptunaSearch(space=define_by_run(sweep), metric=metric, mode=mode, storage=storage,
-                                study_name=f"{sweep.name}-search",
-                                sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+        searcher = _resumable_optuna_search()(space=define_by_run(sweep), metric=metric, mode=mode,
+                                              storage=_study_storage(run_dir), study_name=f"{sweep.name}-search",
+                                              sampler=optuna.samplers.TPESampler(seed=sweep.seed))
         scheduler = None
         if sweep.scheduler.type == "asha":
             from ray.tune.schedulers import ASHAScheduler
@@ -117,7 +221,9 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     log(f"stage 1: {sweep.num_samples} search trial(s), at most {sweep.max_concurrent} at a time")
-    return tuner.fit()
+    results = tuner.fit()
+    reconcile_study(sweep, run_dir, results, log)
+    return results
 
 
 def select_candidates(sweep, results, log: Callable[[str], None]) -> List[Dict[str, Any]]:
@@ -275,6 +381,10 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     storage = sweep.storage
     run_dir = choose_run_dir(storage, sweep.name, resume)
     resuming = resume not in (None, "")
+    # the data is checked before anything is recorded: a bad corpus leaves no run behind
+    d = sweep.data
+    prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
+                                          src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
     os.makedirs(run_dir, exist_ok=True)
     state = RunState.load(run_dir) if resuming else RunState(run_dir)
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
@@ -289,12 +399,10 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     else:
         tracker.client.update_run(state.parent_run_id, status="RUNNING")
     log(f"run directory: {run_dir}")
-    log(f"MLflow: {sweep.tracking_uri} (experiment '{sweep.experiment_name}', run {state.parent_run_id})")
+    log(f"MLflow: {mask_secrets(sweep.tracking_uri)} (experiment '{sweep.experiment_name}', "
+        f"run {state.parent_run_id})")
     status = "FAILED"
     try:
-        d = sweep.data
-        prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
-                                              src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
         threads = max(1, int(sweep.resources.cpu))
         context = {"sweep": sweep.to_dict(), "sweep_source": sweep.source, "prepared": prepared.to_dict(),
                    "tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
@@ -310,6 +418,7 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
         t = time.perf_counter()
         if state.stage == "search":
             results = search_stage(sweep, context, run_dir, resuming, log)
+            close_dead_runs(tracker, state.parent_run_id, "search", results, log)
             chosen, finished, points, front = select_candidates(sweep, results, log)
             if len(points[0]) > 1:
                 names = sweep.objective.metric
@@ -331,6 +440,7 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
         results = retrain_stage(sweep, context, state.candidates, run_dir,
                                 resuming and os.path.isdir(os.path.join(run_dir, "retrain")), log)
         stage_times["retrain_stage_seconds"] = time.perf_counter() - t
+        close_dead_runs(tracker, state.parent_run_id, "retrain", results, log)
         rows = rows_from_results(results, state.candidates)
         if not rows:
             raise RevsearchError("stage 2 produced no scored model; see the trial errors above")

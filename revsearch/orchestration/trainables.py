@@ -24,7 +24,7 @@ from ..search.derive import derived_spec
 from ..search.loop import SearchData, SearchLoop
 from ..search.plots import plot_alpha_heatmap, plot_cell
 from .data_prep import PreparedData, encoded_data, search_split
-from .tracking import KIND_TAG, Tracker
+from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
 
 STATE_FILE = "search_state.pt"
 
@@ -36,6 +36,17 @@ def _tracker(context: Dict[str, Any]) -> Tracker:
 def _trial_id() -> str:
     from ray import tune
     return tune.get_context().get_trial_id()
+
+
+def _finished_run(tracker: Tracker, key: str, parent: str):
+    """The MLflow run of this trial if it already ended FINISHED, else None. Tune reruns a trial whose end
+    it had not saved yet when the driver was killed (its experiment state is saved every 10 s or more);
+    such a trial reports what its run holds instead of training, evaluating and logging a second time."""
+    run_id = tracker.find_run({KEY_TAG: key, PARENT_TAG: parent}) if parent else None
+    if run_id is None:
+        return None
+    run = tracker.client.get_run(run_id)
+    return run if run.info.status == "FINISHED" else None
 
 
 def derived_param_count(genotype: Genotype, model_config: SplitSeq2SeqConfig) -> int:
@@ -55,6 +66,13 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
     settings = resolve_trial(sweep, dict(config))
     trial_id = _trial_id()
     tracker = _tracker(context)
+    done = _finished_run(tracker, f"search:{trial_id}", context["parent_run_id"])
+    if done is not None:
+        with tempfile.TemporaryDirectory() as directory:
+            genotype = Genotype.load(tracker.client.download_artifacts(done.info.run_id, "genotype.json", directory))
+        tune.report(dict(done.data.metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
+                         mlflow_run_id=done.info.run_id))
+        return
     run_id = tracker.start_run(f"search-{trial_id}", {KIND_TAG: "search", "revsearch.trial_id": trial_id,
                                                       "revsearch.op_set": settings.op_set},
                                parent=context["parent_run_id"], key=f"search:{trial_id}")
@@ -150,6 +168,16 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
     for key in ("search_trial_id", "search_run_id", "genotype_key"):
         if candidate.get(key):
             tags[f"revsearch.{key}"] = candidate[key]
+    done = _finished_run(tracker, f"retrain:{label}", context["parent_run_id"])
+    if done is not None and "test_bleu" in done.data.metrics:
+        final = {k: v for k, v in done.data.metrics.items()
+                 if k in ("test_bleu", "test_chrf", "params", "train_seconds", "train_steps", "tokens_per_s",
+                          "best_valid_nll", "decode_seconds")}
+        final.update(label=label, mlflow_run_id=done.info.run_id,
+                     bleu_signature=done.data.tags.get("revsearch.bleu_signature", ""),
+                     checkpoint_path=done.data.tags.get("revsearch.checkpoint", ""))
+        report(final)
+        return final
     run_id = tracker.start_run(f"retrain-{label}", tags, parent=context["parent_run_id"],
                                key=f"retrain:{label}")
     status = "FAILED"
