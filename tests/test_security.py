@@ -283,3 +283,9 @@ def test_documented_servers_bind_localhost():
                     assert host.group(1) in ("127.0.0.1", "localhost", "$HEAD_PRIVATE_IP"), \
                         f"{where}: {line.strip()}"
     assert seen >= 2
+
+
+def test_metric_signatures_are_not_mistaken_for_secrets():
+    from revsearch.orchestration.tracking import flatten_params
+    signature = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+    assert flatten_params({"eval": {"bleu_signature": signature}})["eval.bleu_signature"] == signature
