@@ -387,6 +387,9 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
                                           src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
     os.makedirs(run_dir, exist_ok=True)
     state = RunState.load(run_dir) if resuming else RunState(run_dir)
+    if state.stage == "done":
+        raise RevsearchError(f"--resume: {run_dir} already finished (ranking: "
+                             f"{os.path.join(run_dir, 'ranking.md')}); run without --resume for a new one")
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(storage, "mlartifacts"))
     run_name = os.path.basename(run_dir)
