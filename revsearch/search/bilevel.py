@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.split_seq2seq import PAD_ID
+from ..train.schedule import InverseSqrtSchedule
 from .supernet import Supernet
 
 # (source tokens, decoder input starting with bos, target ending with eos)
@@ -41,13 +42,6 @@ def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Ten
                            ignore_index=PAD_ID, label_smoothing=label_smoothing)
 
 
-def inverse_sqrt(step: int, warmup: int) -> float:
-    """Multiplier of the peak lr: linear warm-up, then decay as 1/sqrt(step) (fairseq's schedule)."""
-    step = max(step, 1)
-    warmup = max(warmup, 1)
-    return min(step / warmup, (warmup / step) ** 0.5)
-
-
 @contextlib.contextmanager
 def frozen(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
     """Treat ``params`` as constants for one step. The α step then skips every weight-gradient kernel
@@ -71,6 +65,7 @@ class BilevelSearch:
         self.weight_optimizer = torch.optim.Adam(self.weights, lr=config.lr, betas=config.betas)
         self.alpha_optimizer = torch.optim.Adam(self.alphas, lr=config.alpha_lr, betas=config.betas,
                                                 weight_decay=config.alpha_weight_decay)
+        self.schedule = InverseSqrtSchedule(config.lr, config.warmup_steps)
         self.step_count = 0
 
     def loss(self, batch: Batch) -> Tensor:
@@ -78,7 +73,7 @@ class BilevelSearch:
         return sequence_loss(self.model(src, tgt_in), tgt_out, self.config.label_smoothing)
 
     def current_lr(self) -> float:
-        return self.config.lr * inverse_sqrt(self.step_count + 1, self.config.warmup_steps)
+        return self.schedule(self.step_count + 1)
 
     def step(self, weight_batch: Batch, arch_batch: Batch) -> Dict[str, float]:
         """One α step then one θ step. Returns losses and the θ learning rate used."""
