@@ -29,9 +29,10 @@ def _run(args) -> int:
     chosen = [{"rank_in_search": 1, "trial_id": "manual", "config": params, "genotype": genotype.to_json(),
                "genotype_key": genotype.key(), "search_run_id": "", "search_seconds": 0.0}]
     candidates = retrain_candidates(sweep, chosen, partial=True)
-    candidates[0]["label"] = args.label or os.path.splitext(os.path.basename(args.genotype))[0]
+    derived = next(c for c in candidates if c["kind"] == "derived")
+    derived["label"] = args.label or os.path.splitext(os.path.basename(args.genotype))[0]
     if not args.baseline:
-        candidates = candidates[:1]
+        candidates = [derived]
     d = sweep.data
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare_data(d.kind, sweep.storage, synthetic=d.synthetic, path=d.path, src_lang=d.src_lang,
@@ -41,7 +42,7 @@ def _run(args) -> int:
                       artifact_root=os.path.join(sweep.storage, "mlartifacts"))
     import time
     run_dir = os.path.join(sweep.storage, "retrain-cli", time.strftime("%Y%m%d-%H%M%S"))
-    parent = tracker.start_run(f"retrain {candidates[0]['label']}", {KIND_TAG: "retrain-cli"})
+    parent = tracker.start_run(f"retrain {derived['label']}", {KIND_TAG: "retrain-cli"})
     context = {"tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
                "artifact_root": os.path.join(sweep.storage, "mlartifacts"), "parent_run_id": parent,
                "run_dir": run_dir, "seed": sweep.seed, "threads": args.threads,

@@ -287,7 +287,8 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
         first = out[0]
         m = first["model"]
         heads = max(h for h in range(1, min(8, m["hidden"]) + 1) if m["hidden"] % h == 0)
-        out.append({"kind": "baseline", "label": "transformer-baseline", "genotype": "",
+        # first in the grid: the baseline is the slowest model, so it overlaps the derived ones
+        out.insert(0, {"kind": "baseline", "label": "transformer-baseline", "genotype": "",
                     "search_seconds": 0.0,
                     "model": {"hidden": m["hidden"], "embed_dim": m["embed_dim"], "heads": heads,
                               "encoder_layers": m["encoder_layers"], "decoder_layers": m["decoder_layers"],
