@@ -66,13 +66,17 @@ def test_supernet_is_causal_and_ignores_padding():
         changed = net(src, future)
         assert torch.equal(base[:, :4], changed[:, :4])
         assert not torch.equal(base[:, 4:], changed[:, 4:])
-        # change what sits in source padding positions: real outputs must not move
-        padded = src.clone()
-        padded[src == 0] = 7
-        # keep the pad mask the same by building memory from the original mask
+        # padding is defined by token id 0, so "change the pads" means: add more of them. Extra pad
+        # columns on both sides must not move any real position's encoder output or logit.
         memory, mask = net.encode(src)
-        memory_changed, _ = net.encode(torch.where(src == 0, torch.zeros_like(src), src))
-        assert torch.equal(memory, memory_changed)
+        extra_src = torch.cat([src, torch.zeros(src.shape[0], 3, dtype=src.dtype)], dim=1)
+        extra_tgt = torch.cat([tgt_in, torch.zeros(tgt_in.shape[0], 2, dtype=tgt_in.dtype)], dim=1)
+        memory_extra, mask_extra = net.encode(extra_src)
+        assert mask_extra[:, -3:].all()
+        torch.testing.assert_close(memory_extra[:, :src.shape[1]], memory, rtol=0, atol=1e-12)
+        logits_extra = net(extra_src, extra_tgt)[:, :tgt_in.shape[1]]
+        real = tgt_in != 0
+        torch.testing.assert_close(logits_extra[real], base[real], rtol=0, atol=1e-10)
         assert torch.equal(memory[mask], torch.zeros_like(memory[mask]))
 
 
