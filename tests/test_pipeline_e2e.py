@@ -96,4 +96,5 @@ def test_report_rebuilds_ranking_from_mlflow(micro_run, tmp_path):
     rebuilt = list(csv.DictReader(open(tmp_path / "ranking.csv")))
     (run_name,) = os.listdir(os.path.join(storage, "runs"))
     original = list(csv.DictReader(open(os.path.join(storage, "runs", run_name, "ranking.csv"))))
-    assert [(r["label"], r["bleu"]) for r in rebuilt] == [(r["label"], r["bleu"]) for r in original]
+    columns = ("label", "kind", "bleu", "chrf", "params", "genotype", "search_trial")
+    assert [[r[c] for c in columns] for r in rebuilt] == [[r[c] for c in columns] for r in original]

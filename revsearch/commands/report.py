@@ -6,23 +6,28 @@ import os
 
 
 def build_rows(tracker, parent_run_id: str):
+    """The ranking rows of a run, read from MLflow: each retrain's scores, and from the search trial that
+    found its genotype the search time and the architecture description (as the run's own ranking)."""
     from ..orchestration.ranking import RankRow, rank
+    searches = {run.data.tags.get("revsearch.trial_id", ""): run
+                for run in tracker.children(parent_run_id, kind="search")}
     rows = []
-    search_seconds = {}
-    for run in tracker.children(parent_run_id, kind="search"):
-        search_seconds[run.data.tags.get("revsearch.trial_id", "")] = run.data.metrics.get("search_seconds", 0.0)
     for run in tracker.children(parent_run_id, kind="retrain"):
-        m, tags = run.data.metrics, run.data.tags
+        m, tags, params = run.data.metrics, run.data.tags, run.data.params
         if "test_bleu" not in m:
             continue
         trial = tags.get("revsearch.search_trial_id", "")
-        rows.append(RankRow(label=tags.get("revsearch.candidate", run.info.run_name), kind=tags.get(
-            "revsearch.model_kind", ""), bleu=m["test_bleu"], chrf=m.get("test_chrf", float("nan")),
-            params=int(m.get("params", 0)), search_seconds=float(search_seconds.get(trial, 0.0)),
-            retrain_seconds=m.get("train_seconds", 0.0), genotype=tags.get("revsearch.genotype_key", "")[:80]
-            if tags.get("revsearch.model_kind") == "derived" else "Transformer baseline",
-            search_trial=trial, mlflow_run_id=run.info.run_id,
-            bleu_signature=tags.get("revsearch.bleu_signature", "")))
+        search = searches.get(trial)
+        if tags.get("revsearch.model_kind") == "derived":
+            architecture = search.data.tags.get("revsearch.genotype", "") if search else ""
+        else:
+            architecture = f"Transformer e={params.get('model.embed_dim')} d={params.get('model.hidden')}"
+        rows.append(RankRow(
+            label=tags.get("revsearch.candidate", run.info.run_name), kind=tags.get("revsearch.model_kind", ""),
+            bleu=m["test_bleu"], chrf=m.get("test_chrf", float("nan")), params=int(m.get("params", 0)),
+            search_seconds=float(search.data.metrics.get("search_seconds", 0.0)) if search else 0.0,
+            retrain_seconds=m.get("train_seconds", 0.0), genotype=architecture, search_trial=trial,
+            mlflow_run_id=run.info.run_id, bleu_signature=tags.get("revsearch.bleu_signature", "")))
     return rank(rows)
 
 

@@ -185,6 +185,19 @@ def close_dead_runs(tracker: Tracker, parent: str, kind: str, results, log: Call
             log(f"{kind} run {run.info.run_id} ({name}): its Tune trial was lost, marked KILLED")
 
 
+def _stage_tuner(sweep, trainable_fn, context: Dict[str, Any], experiment: str, resume: bool, stage: str,
+                 log: Callable[[str], None], build: Callable[[Any], Any]):
+    """Restore the stage's Tune experiment when resuming (finished trials are kept, errored ones rerun),
+    else ``build(trainable)`` a new Tuner. Both stages give trials the sweep's resources and context."""
+    from ray import tune
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, context=context),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    if resume and tune.Tuner.can_restore(experiment):
+        log(f"{stage}: resuming the experiment in {experiment}")
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    return build(trainable)
+
+
 def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log: Callable[[str], None]):
     import optuna
     from ray import tune
@@ -193,13 +206,8 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
     from .trainables import search_trainable
 
     metric, mode = _objective(sweep)
-    trainable = tune.with_resources(tune.with_parameters(search_trainable, context=context),
-                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    experiment = os.path.join(run_dir, "search")
-    if resume and tune.Tuner.can_restore(experiment):
-        log(f"stage 1: resuming the search experiment in {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-    else:
+
+    def build(trainable):
         searcher = _resumable_optuna_search()(space=define_by_run(sweep), metric=metric, mode=mode,
                                               storage=_study_storage(run_dir), study_name=f"{sweep.name}-search",
                                               sampler=optuna.samplers.TPESampler(seed=sweep.seed))
@@ -212,7 +220,7 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
                                       grace_period=sweep.scheduler.grace_period,
                                       reduction_factor=sweep.scheduler.reduction_factor,
                                       max_t=sweep.max_reports)
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, sweep.max_concurrent),
                                         scheduler=scheduler, num_samples=sweep.num_samples),
@@ -220,14 +228,19 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
                 name="search", storage_path=run_dir, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+
+    tuner = _stage_tuner(sweep, search_trainable, context, os.path.join(run_dir, "search"), resume,
+                         "stage 1", log, build)
     log(f"stage 1: {sweep.num_samples} search trial(s), at most {sweep.max_concurrent} at a time")
     results = tuner.fit()
     reconcile_study(sweep, run_dir, results, log)
     return results
 
 
-def select_candidates(sweep, results, log: Callable[[str], None]) -> List[Dict[str, Any]]:
-    """Top-k distinct genotypes by the (first) objective; identical genotypes are merged."""
+def select_candidates(sweep, results, log: Callable[[str], None]):
+    """Top-k distinct genotypes by the (first) objective, Pareto-front members first for several
+    objectives; identical genotypes are merged. Returns (candidates, finished results, their objective
+    points, indices of the Pareto front)."""
     metric, mode = _objective(sweep)
     metrics = metric if isinstance(metric, list) else [metric]
     modes = mode if isinstance(mode, list) else [mode]
@@ -303,18 +316,15 @@ def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resu
     from ray import tune
     from .trainables import retrain_trainable
 
-    trainable = tune.with_resources(tune.with_parameters(retrain_trainable, context=context),
-                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    experiment = os.path.join(run_dir, "retrain")
-    if resume and tune.Tuner.can_restore(experiment):
-        log(f"stage 2: resuming the retrain experiment in {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
+    def build(trainable):
+        return tune.Tuner(
             trainable, param_space={"candidate": tune.grid_search(candidates)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent),
             run_config=tune.RunConfig(name="retrain", storage_path=run_dir, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=2)))
+
+    tuner = _stage_tuner(sweep, retrain_trainable, context, os.path.join(run_dir, "retrain"), resume,
+                         "stage 2", log, build)
     log(f"stage 2: retraining {len(candidates)} model(s): " + ", ".join(c["label"] for c in candidates))
     return tuner.fit()
 
@@ -382,15 +392,15 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     storage = sweep.storage
     run_dir = choose_run_dir(storage, sweep.name, resume)
     resuming = resume not in (None, "")
+    state = RunState.load(run_dir) if resuming else RunState(run_dir)
+    if state.stage == "done":
+        raise RevsearchError(f"--resume: {run_dir} already finished (ranking: "
+                             f"{os.path.join(run_dir, 'ranking.md')}); run without --resume for a new one")
     # the data is checked before anything is recorded: a bad corpus leaves no run behind
     d = sweep.data
     prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
                                           src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
     os.makedirs(run_dir, exist_ok=True)
-    state = RunState.load(run_dir) if resuming else RunState(run_dir)
-    if state.stage == "done":
-        raise RevsearchError(f"--resume: {run_dir} already finished (ranking: "
-                             f"{os.path.join(run_dir, 'ranking.md')}); run without --resume for a new one")
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(storage, "mlartifacts"))
     run_name = os.path.basename(run_dir)
