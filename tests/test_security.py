@@ -217,25 +217,17 @@ def test_secret_key_names():
 
 
 def test_tracker_masks_json_artifacts_tags_and_errors(tmp_path):
-    logged = {}
-
-    class FakeClient:
-        def log_artifact(self, run_id, path, artifact_path=None):
-            with open(path, encoding="utf-8") as f:
-                logged[os.path.basename(path)] = f.read()
-
-        def set_tag(self, run_id, key, value):
-            logged[key] = value
-
-    tracker = Tracker.__new__(Tracker)
-    tracker.client = FakeClient()
-    tracker.log_json("r", {"tracking": {"uri": f"postgresql://u:{SECRET}@h/db", "api_token": SECRET}},
+    # a real MLflow store: what a user would read back in the UI must not hold the secret
+    tracker = Tracker("sqlite:///" + str(tmp_path / "mlflow.db"), "secrets", artifact_root=str(tmp_path / "art"))
+    run_id = tracker.start_run("r", {})
+    tracker.log_json(run_id, {"tracking": {"uri": f"postgresql://u:{SECRET}@h/db", "api_token": SECRET}},
                      "resolved_config.json")
-    tracker.set_tags("r", {"revsearch.uri": f"http://u:{SECRET}@h", "my_token": SECRET})
-    text = json.dumps(logged)
-    assert SECRET not in text
-    assert json.loads(logged["resolved_config.json"])["tracking"] == {"uri": "postgresql://***@h/db",
-                                                                      "api_token": "***"}
+    tracker.set_tags(run_id, {"revsearch.uri": f"http://u:{SECRET}@h", "my_token": SECRET})
+    tags = tracker.client.get_run(run_id).data.tags
+    config_text = open(tracker.client.download_artifacts(run_id, "resolved_config.json", str(tmp_path))).read()
+    assert SECRET not in json.dumps(tags) and SECRET not in config_text
+    assert tags["revsearch.uri"] == "http://***@h" and tags["my_token"] == "***"
+    assert json.loads(config_text)["tracking"] == {"uri": "postgresql://***@h/db", "api_token": "***"}
     # an unreachable server with credentials in its URI: the error line masks them
     with pytest.raises(ConfigError) as err:
         check_tracking_uri(f"http://user:{SECRET}@127.0.0.1:9")

@@ -213,8 +213,10 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, MASK if is_secret_key(k) else mask_secrets(str(v)))
+        from mlflow.entities import RunTag
+        batch = [RunTag(k, MASK if is_secret_key(k) else mask_secrets(str(v))) for k, v in tags.items()]
+        if batch:  # one request: on a tracking server every call is a round trip
+            self.client.log_batch(run_id, tags=batch)
 
     def log_artifact(self, run_id: str, path: str, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)

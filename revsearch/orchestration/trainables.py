@@ -38,6 +38,22 @@ def _trial_id() -> str:
     return tune.get_context().get_trial_id()
 
 
+def placement_tags() -> Dict[str, str]:
+    """Where this process runs: host, and the Ray node when inside a Ray worker. Set again whenever a
+    trial (re)starts, so a trial Tune restarted on another node shows where it finished."""
+    import socket
+    tags = {"revsearch.host": socket.gethostname(), "revsearch.pid": str(os.getpid())}
+    try:
+        import ray
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            tags["revsearch.ray_node_id"] = context.get_node_id()
+            tags["revsearch.ray_node_ip"] = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - placement is informative only; never fail a trial for it
+        pass
+    return tags
+
+
 def _finished_run(tracker: Tracker, key: str, parent: str):
     """The MLflow run of this trial if it already ended FINISHED, else None. Tune reruns a trial whose end
     it had not saved yet when the driver was killed (its experiment state is saved every 10 s or more);
@@ -76,6 +92,7 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
     run_id = tracker.start_run(f"search-{trial_id}", {KIND_TAG: "search", "revsearch.trial_id": trial_id,
                                                       "revsearch.op_set": settings.op_set},
                                parent=context["parent_run_id"], key=f"search:{trial_id}")
+    tracker.set_tags(run_id, placement_tags())
     status = "FAILED"
     try:
         tracker.log_params(run_id, {"sampled": dict(config), "supernet": settings.supernet,
@@ -180,6 +197,7 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
         return final
     run_id = tracker.start_run(f"retrain-{label}", tags, parent=context["parent_run_id"],
                                key=f"retrain:{label}")
+    tracker.set_tags(run_id, placement_tags())
     status = "FAILED"
     try:
         prepared = PreparedData(**context["prepared"])

@@ -1,0 +1,116 @@
+"""Issue 6, items 2 and 3: the micro sweep on a real two-node Ray cluster (head and worker as separate
+``ray start`` nodes with their own ports and temp dirs, token authentication on) tracking into a real
+``mlflow server`` on 127.0.0.1. Trials must run on both nodes, and every run, metric, artifact and the
+registered model must land in the server; nothing may fall back to a local store."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .local_cluster import LocalRayCluster, MlflowServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = os.path.join(REPO, "tune_configs", "micro.yaml")
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cluster"))
+    server = MlflowServer(root)
+    cluster = LocalRayCluster(root)
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        server.wait()
+        nodes = cluster.nodes()
+        storage = os.path.join(root, "storage")
+        env = dict(cluster.env, RAY_DEDUP_LOGS="0")
+        proc = subprocess.run([sys.executable, "-m", "revsearch.cli", "run", MICRO, "--storage", storage,
+                               "--address", cluster.address, "--tracking-uri", server.uri],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        yield {"root": root, "storage": storage, "server": server, "cluster": cluster, "nodes": nodes,
+               "proc": proc}
+    finally:
+        cluster.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_two_nodes_are_up_with_their_own_temp_dirs(cluster_run):
+    nodes, cluster = cluster_run["nodes"], cluster_run["cluster"]
+    assert len(nodes) == 2
+    assert sorted(nodes.values()) == sorted(cluster.temp_dirs)
+    for temp_dir in cluster.temp_dirs:  # each node keeps its own session (logs, sockets) in its temp dir
+        assert any(name.startswith("session_") for name in os.listdir(temp_dir))
+
+
+@pytest.mark.slow
+def test_micro_sweep_runs_trials_on_both_nodes_and_lands_in_the_server(cluster_run):
+    from mlflow.tracking import MlflowClient
+
+    server, nodes, storage = cluster_run["server"], cluster_run["nodes"], cluster_run["storage"]
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("micro")
+    runs = client.search_runs([experiment.experiment_id])
+    by_kind = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags["revsearch.kind"], []).append(run)
+    assert {k: len(v) for k, v in by_kind.items()} == {"sweep": 1, "search": 2, "retrain": 2}
+    parent = by_kind["sweep"][0]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs if r is not parent)
+
+    # two trials, one CPU per trial, one CPU per node: each stage used both nodes
+    for kind in ("search", "retrain"):
+        placed = {r.data.tags["revsearch.ray_node_id"] for r in by_kind[kind]}
+        assert placed == set(nodes), (kind, placed, nodes)
+
+    # metric curves from the workers are in the server
+    for run in by_kind["search"]:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [10, 20]
+    for run in by_kind["retrain"]:
+        assert 0.0 <= run.data.metrics["test_bleu"] <= 100.0
+
+    # artifacts were uploaded through the server (proxied mlflow-artifacts: URIs) into its destination
+    # directory, from whichever node ran the trial
+    expected = {"search": {"genotype.json", "alpha_heatmap.png", "derived_cell.png"},
+                "retrain": {"test_hypotheses.txt", "training_curve.json"},
+                "sweep": {"ranking.md", "ranking.csv", "resolved_config.json", "candidates.json"}}
+    for kind, names in expected.items():
+        for run in by_kind[kind]:
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+            listed = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert names <= listed, (kind, names - listed)
+            on_disk = os.path.join(server.artifacts, experiment.experiment_id, run.info.run_id, "artifacts")
+            assert names <= set(os.listdir(on_disk))
+    worker_node = next(n for n, d in nodes.items() if not d.endswith("head"))
+    from_worker = [r for r in by_kind["search"] if r.data.tags["revsearch.ray_node_id"] == worker_node]
+    genotype = client.download_artifacts(from_worker[0].info.run_id, "genotype.json",
+                                         os.path.join(cluster_run["root"], "download"))
+    assert '"schema_version": 1' in open(genotype).read()
+
+    # the best model is registered in the server's registry, with the alias
+    version = client.get_model_version_by_alias("revsearch-micro", "best")
+    assert version.run_id in {r.info.run_id for r in by_kind["retrain"]}
+    assert version.tags["revsearch.label"] == parent.data.tags["revsearch.best"]
+
+    # nothing fell back to a local store on the driver or the nodes
+    for top in (storage, cluster_run["root"]):
+        for dirpath, dirnames, filenames in os.walk(top):
+            if dirpath.startswith(server.artifacts):
+                continue
+            assert "mlruns" not in dirnames, dirpath
+            assert not any(f == "mlflow.db" for f in filenames), dirpath
+    assert not os.path.exists(os.path.join(storage, "mlartifacts"))
+
+
+@pytest.mark.slow
+def test_driver_output_is_clean(cluster_run):
+    proc = cluster_run["proc"]
+    assert "best:" in proc.stdout
+    driver_lines = [line for line in proc.stderr.splitlines()
+                    if not re.match(r"^(\x1b\[\d+m)?\(\S+ pid=\d+", line)]
+    assert not any("Traceback" in line for line in driver_lines), "\n".join(driver_lines[-40:])
