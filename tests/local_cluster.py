@@ -14,7 +14,9 @@ import secrets
 import signal
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 from typing import Dict, List, Optional
@@ -56,6 +58,7 @@ class LocalRayCluster:
 
     def __init__(self, root: str):
         self.root = root
+        self.short_root = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
                         PYTHONUNBUFFERED="1")
         self.env.pop("RAY_ADDRESS", None)
@@ -65,7 +68,8 @@ class LocalRayCluster:
         self._next_worker_port = 0
 
     def _start(self, name: str, args: List[str], num_cpus: int) -> None:
-        temp_dir = os.path.join(self.root, name)
+        # Ray puts Unix sockets under the temp dir and their paths may not exceed 107 bytes: keep it short
+        temp_dir = os.path.join(self.short_root, name)
         os.makedirs(temp_dir)
         low = free_port()  # a private worker-port range per node, away from the other node's
         workers = [f"--min-worker-port={20000 + self._next_worker_port}",
@@ -83,6 +87,17 @@ class LocalRayCluster:
         port = free_port()
         self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], num_cpus)
         self.address = f"127.0.0.1:{port}"
+        # a driver started before the GCS listens would sit in Ray's minutes-long connect retries
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                if self.procs[0].poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the Ray head did not listen on {port}:\n"
+                                       f"{_tail(os.path.join(self.root, 'head.log'))}")
+                time.sleep(0.5)
         self.wait_for_nodes(1)
         return self.address
 
@@ -121,9 +136,16 @@ class LocalRayCluster:
                 raise RuntimeError(f"only some of {count} Ray nodes came up within {timeout:.0f}s")
             time.sleep(2)
 
+    def kill_node(self, temp_dir: str) -> None:
+        """SIGKILL every process of one node at once, as when its machine is lost."""
+        proc = self.procs[self.temp_dirs.index(temp_dir)]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):  # workers first, the head (GCS) last
             _stop_group(proc)
+        shutil.rmtree(self.short_root, ignore_errors=True)
 
 
 class MlflowServer:

@@ -370,6 +370,19 @@ CASES: List[Case] = [
     Case("tracking-db-password", "tracking URI", "`postgresql://user:PASSWORD@127.0.0.1:9/db` (no server, maybe no driver)",
          run_case(sweep_file("base.yaml"), "--tracking-uri", f"postgresql://user:{SECRET}@127.0.0.1:9/db"),
          ["--tracking-uri", "postgresql://***@127.0.0.1:9/db"], sweep=True, forbid=[SECRET]),
+    # Ray cluster address ----------------------------------------------------------------------------
+    Case("ray-address-unreachable", "Ray address", "`--address 127.0.0.1:9` (no Ray head there)",
+         run_case(sweep_file("base.yaml"), "--address", "127.0.0.1:9"), ["--address 127.0.0.1:9", "no Ray cluster"],
+         sweep=True),
+    Case("ray-address-env-unreachable", "Ray address", "`RAY_ADDRESS=127.0.0.1:9` in the environment",
+         run_case(sweep_file("base.yaml")), ["RAY_ADDRESS 127.0.0.1:9", "no Ray cluster"], sweep=True,
+         env={"RAY_ADDRESS": "127.0.0.1:9"}),
+    Case("ray-address-malformed", "Ray address", "`--address head-node` (no port)",
+         run_case(sweep_file("base.yaml"), "--address", "head-node"), ["--address", "head-node", "host:port"],
+         sweep=True),
+    Case("ray-address-client", "Ray address", "`--address ray://127.0.0.1:10001` (Ray Client)",
+         run_case(sweep_file("base.yaml"), "--address", "ray://127.0.0.1:10001"), ["--address", "ray://", "not supported"],
+         sweep=True),
     # storage ----------------------------------------------------------------------------------------
     Case("storage-is-file-cli", "storage", "`--storage` is a file",
          lambda f, s: ["run", f.sweep("base.yaml"), "--storage", f.text("storage-file", "x")],
@@ -409,7 +422,7 @@ CORE = {"sweep-missing", "sweep-syntax", "sweep-unknown-key",
         "data-missing-file", "data-line-mismatch", "data-non-utf8", "data-empty-line",
         "genotype-bad-json", "genotype-unknown-op", "genotype-node-count",
         "checkpoint-corrupt", "checkpoint-truncated", "checkpoint-pickle-translate",
-        "tracking-unreachable", "tracking-file-cli", "storage-is-file-cli", "storage-not-writable",
+        "tracking-unreachable", "tracking-file-cli", "ray-address-unreachable", "storage-is-file-cli", "storage-not-writable",
         "cli-unknown-command", "cli-unknown-option", "cli-missing-required", "cli-bad-int", "cli-bad-choice"}
 CASE_IDS = [c.id for c in CASES]
 assert CORE <= set(CASE_IDS)
@@ -439,7 +452,8 @@ def execute(case: Case, files: Files) -> Outcome:
     storage = files.storage(case.id)
     argv = case.argv(files, storage)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "REVSEARCH_DEBUG"))}
-    env.update(RAY_ADDRESS="", **case.env)
+    env["RAY_ADDRESS"] = ""
+    env.update(case.env)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "revsearch.cli", *argv], cwd=files.cases, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
@@ -486,7 +500,7 @@ def test_bad_input_gives_one_line(case: Case, files: Files):
     if case.sweep:
         assert out.mlflow_runs in (None, 0), f"{out.mlflow_runs} MLflow run(s) recorded for a bad input"
         assert not out.run_dirs, f"run directories created for a bad input: {out.run_dirs}"
-    if case.id.startswith("tracking-unreachable"):
+    if case.id.startswith(("tracking-unreachable", "ray-address")):
         assert out.seconds < 30, f"took {out.seconds:.1f}s to report an unreachable tracking server"
 
 

@@ -2,6 +2,7 @@
 ``ray start`` nodes with their own ports and temp dirs, token authentication on) tracking into a real
 ``mlflow server`` on 127.0.0.1. Trials must run on both nodes, and every run, metric, artifact and the
 registered model must land in the server; nothing may fall back to a local store."""
+import glob
 import os
 import re
 import subprocess
@@ -98,7 +99,7 @@ def test_micro_sweep_runs_trials_on_both_nodes_and_lands_in_the_server(cluster_r
     assert version.tags["revsearch.label"] == parent.data.tags["revsearch.best"]
 
     # nothing fell back to a local store on the driver or the nodes
-    for top in (storage, cluster_run["root"]):
+    for top in (storage, cluster_run["root"], cluster_run["cluster"].short_root):
         for dirpath, dirnames, filenames in os.walk(top):
             if dirpath.startswith(server.artifacts):
                 continue
@@ -114,3 +115,100 @@ def test_driver_output_is_clean(cluster_run):
     driver_lines = [line for line in proc.stderr.splitlines()
                     if not re.match(r"^(\x1b\[\d+m)?\(\S+ pid=\d+", line)]
     assert not any("Traceback" in line for line in driver_lines), "\n".join(driver_lines[-40:])
+
+
+@pytest.mark.slow
+def test_wrong_cluster_token_is_one_line_and_records_nothing(cluster_run):
+    from mlflow.tracking import MlflowClient
+
+    server, cluster = cluster_run["server"], cluster_run["cluster"]
+    client = MlflowClient(server.uri)
+    before = len(client.search_runs([client.get_experiment_by_name("micro").experiment_id]))
+    env = dict(cluster.env, RAY_AUTH_TOKEN="0" * 32)
+    proc = subprocess.run([sys.executable, "-m", "revsearch.cli", "run", MICRO, "--storage",
+                           os.path.join(cluster_run["root"], "storage-bad-token"), "--address", cluster.address,
+                           "--tracking-uri", server.uri],
+                          cwd=cluster_run["root"], env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"revsearch: error: --address {cluster.address}: cannot join the Ray cluster")
+    assert "token authentication" in lines[0] and "0" * 32 not in lines[0]
+    assert len(client.search_runs([client.get_experiment_by_name("micro").experiment_id])) == before
+
+
+# ----------------------------------------------------------------------------------------- node loss
+@pytest.mark.slow
+def test_lost_worker_node_trial_restarts_on_the_head_from_its_checkpoint(tmp_path):
+    """SIGKILL every process of the worker node while its search trial is past its step-20 checkpoint
+    (a machine lost mid-search): Tune restarts that trial from the checkpoint on the surviving node, its
+    MLflow run (in the server) continues on the same step axis, and the sweep still finishes."""
+    import time
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from .test_faults import checkpoint_steps, steps_of, trial_dirs, trial_id
+
+    steps = 60
+    with open(MICRO, encoding="utf-8") as f:
+        sweep = yaml.safe_load(f)
+    sweep["name"] = "nodeloss"
+    sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
+    config = tmp_path / "nodeloss.yaml"
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    root = str(tmp_path)
+    server, cluster = MlflowServer(root), LocalRayCluster(root)
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        server.wait()
+        nodes = cluster.nodes()
+        head_node = next(n for n, d in nodes.items() if d.endswith("head"))
+        worker_node, worker_dir = next((n, d) for n, d in nodes.items() if n != head_node)
+        storage = os.path.join(root, "storage")
+        log = open(os.path.join(root, "driver.err"), "w")
+        driver = subprocess.Popen([sys.executable, "-m", "revsearch.cli", "run", str(config), "--storage", storage,
+                                   "--address", cluster.address, "--tracking-uri", server.uri],
+                                  cwd=root, env=cluster.env, stdout=subprocess.DEVNULL, stderr=log)
+        client = MlflowClient(server.uri)
+
+        def victim():
+            """(trial id, checkpoint step) of the worker node's search trial once it has a checkpoint >= 20."""
+            experiment = client.get_experiment_by_name("nodeloss")
+            if experiment is None:
+                return None
+            runs = client.search_runs([experiment.experiment_id], "tags.`revsearch.kind` = 'search'")
+            on_worker = {r.data.tags["revsearch.trial_id"] for r in runs
+                         if r.data.tags.get("revsearch.ray_node_id") == worker_node}
+            for run_dir in glob.glob(os.path.join(storage, "runs", "*")):
+                for d in trial_dirs(run_dir, "search"):
+                    done = checkpoint_steps(d)
+                    if trial_id(d) in on_worker and done and 20 <= max(done) < steps:
+                        return trial_id(d), max(done)
+            return None
+
+        deadline, found = time.time() + 600, None
+        while found is None and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            found = victim()
+        assert found, "the worker node's trial never reached its step-20 checkpoint"
+        trial, at_kill = found
+        cluster.kill_node(worker_dir)
+        rc = driver.wait(timeout=900)
+        assert rc == 0, open(os.path.join(root, "driver.err")).read()[-5000:]
+
+        experiment = client.get_experiment_by_name("nodeloss")
+        runs = client.search_runs([experiment.experiment_id], "tags.`revsearch.kind` = 'search'")
+        assert sorted(r.data.tags["revsearch.trial_id"] for r in runs).count(trial) == 1  # no second run
+        assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 2
+        lost = next(r for r in runs if r.data.tags["revsearch.trial_id"] == trial)
+        logged = steps_of(client, lost.info.run_id)
+        print(f"\nnode loss: trial {trial} killed with checkpoint {at_kill}; valid_loss steps {logged}; "
+              f"now on {lost.data.tags['revsearch.ray_node_id'][:8]} (head {head_node[:8]})")
+        assert sorted(set(logged)) == list(range(10, steps + 1, 10))  # continuous step axis
+        before = [s for s in logged if s < at_kill]
+        assert len(before) == len(set(before)), logged  # resumed from the checkpoint, not from scratch
+        assert lost.data.tags["revsearch.ray_node_id"] == head_node  # restarted on the surviving node
+        retrains = client.search_runs([experiment.experiment_id], "tags.`revsearch.kind` = 'retrain'")
+        assert len(retrains) == 2 and all("test_bleu" in r.data.metrics for r in retrains)
+    finally:
+        cluster.stop()
+        server.stop()

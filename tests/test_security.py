@@ -243,7 +243,7 @@ def test_local_ray_starts_without_a_dashboard(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    pipeline.init_ray(None, num_cpus=1)
+    pipeline.init_ray(None, num_cpus=1)  # re-exported from ray_connect
     (kw,) = calls
     assert kw.get("include_dashboard") is False or kw.get("dashboard_host") == "127.0.0.1", kw
 

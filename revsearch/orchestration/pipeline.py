@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import RevsearchError
 from .data_prep import PreparedData, prepare_data
+from .ray_connect import init_ray
 from .ranking import RankRow, pareto_front, plot_pareto, rank, write_ranking, to_markdown
 from .tracking import KIND_TAG, Tracker, mask_secrets
 
@@ -63,17 +64,6 @@ def choose_run_dir(storage: str, name: str, resume: Optional[str]) -> str:
     if not candidates:
         raise RevsearchError(f"--resume: no earlier run of '{name}' under {runs}")
     return os.path.join(runs, candidates[-1])
-
-
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
-    import ray
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
 def _objective(sweep):
@@ -396,13 +386,18 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     if state.stage == "done":
         raise RevsearchError(f"--resume: {run_dir} already finished (ranking: "
                              f"{os.path.join(run_dir, 'ranking.md')}); run without --resume for a new one")
+    remote = bool(address or os.environ.get("RAY_ADDRESS"))
+    if remote:  # a cluster that cannot be joined (wrong token, ...) is reported before minutes of data work
+        init_ray(address)
     # the data is checked before anything is recorded: a bad corpus leaves no run behind
     d = sweep.data
     prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
                                           src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
-    os.makedirs(run_dir, exist_ok=True)
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(storage, "mlartifacts"))
+    if not remote:
+        init_ray(None)
+    os.makedirs(run_dir, exist_ok=True)
     run_name = os.path.basename(run_dir)
     if not state.parent_run_id:
         state.parent_run_id = tracker.start_run(run_name, {KIND_TAG: "sweep", "revsearch.run_dir": run_dir},
@@ -426,7 +421,6 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
         # warm the tokenizer cache once here instead of racing in every trial
         from .data_prep import tokenizer_for
         tokenizer_for(prepared, d.vocab_size, d.spm_model_type, log=log)
-        init_ray(address)
 
         stage_times = {}
         t = time.perf_counter()
