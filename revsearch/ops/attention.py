@@ -5,7 +5,7 @@ because three properties are requirements here, not niceties:
 
 * fully masked rows (queries at pad positions; a sentence whose encoder output is all padding) must give
   exactly 0 and finite gradients, where the library kernels give NaN or backend-dependent values;
-* attention dropout must draw from torch's global generator (``F.dropout``) so the reversible engine's
+* attention dropout must draw from torch's global generator (``ops.dropout``, like ``F.dropout``) so the reversible engine's
   RNG replay reproduces it bit for bit during reconstruction, on every backend;
 * float64 must work (the engine's gradient-equality tests run in float64).
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import causal_mask, check_inputs, masked_softmax, resolve_heads, zero_pads
+from .dropout import dropout as fast_dropout
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], heads: int, dropout: float,
@@ -32,7 +33,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], heads: int,
     v = v.view(b, tk, heads, hd).transpose(1, 2)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)              # [B, H, Tq, Tk]
     probs = masked_softmax(scores, mask, dim=-1)
-    probs = F.dropout(probs, p=dropout, training=training)
+    probs = fast_dropout(probs, dropout, training)
     return (probs @ v).transpose(1, 2).reshape(b, tq, d)
 
 

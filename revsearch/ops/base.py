@@ -30,6 +30,13 @@ def zero_pads(x: Tensor, pad_mask: Optional[Tensor]) -> Tensor:
     """
     if pad_mask is None:
         return x
+    if x.device.type == "cpu" and pad_mask.dim() == 2 and x.dim() >= 2 and x.shape[:2] == pad_mask.shape:
+        # on CPU a broadcast masked_fill costs ~4x an index_fill of the pad rows ([8, 64, 128]: 33 µs vs
+        # 8-10 µs); both set the rows to exactly 0 and pass exactly 0 gradient into them
+        rows = pad_mask.reshape(-1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return x
+        return x.reshape(pad_mask.numel(), -1).index_fill(0, rows, 0.0).view(x.shape)
     mask = pad_mask.reshape(pad_mask.shape + (1,) * (x.dim() - pad_mask.dim()))
     return x.masked_fill(mask, 0.0)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_inputs, resolve_heads, zero_pads
+from .dropout import dropout as fast_dropout
 
 
 def time_padding(kernel_size: int, causal: bool) -> Tuple[int, int]:
@@ -96,7 +97,7 @@ class DynamicConv(nn.Module):
         b, t, _ = x.shape
         logits = self.weight_proj(x).view(b, t, self.heads, self.kernel_size)
         w = torch.softmax(logits, dim=-1)
-        return F.dropout(w, p=self.weight_dropout, training=self.training)
+        return fast_dropout(w, self.weight_dropout, self.training)
 
     def project_input(self, h: Tensor, pad_mask: Optional[Tensor]) -> Tensor:
         """``GLU(Linear(h))`` with padding zeroed before and after (the bias would refill it)."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_inputs, zero_pads
+from .dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -22,7 +23,7 @@ class FeedForward(nn.Module):
         self.dim = dim
         self.fc1 = nn.Linear(dim, multiplier * dim)
         self.fc2 = nn.Linear(multiplier * dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: Tensor, pad_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
                 memory_pad_mask: Optional[Tensor] = None) -> Tensor:

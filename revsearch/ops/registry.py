@@ -21,6 +21,7 @@ from .attention import CrossAttention, SelfAttention
 from .base import zero_pads
 from .convolution import DynamicConv, StandardConv
 from .feedforward import FeedForward, GatedLinearUnit, Identity, Zero
+from .dropout import Dropout
 
 ENCODER_OPS: Tuple[str, ...] = (
     "conv3", "conv5", "conv7", "conv11",
@@ -75,7 +76,7 @@ class WrappedOp(nn.Module):
         super().__init__()
         self.name = name
         self.op = op
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, h: Tensor, pad_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
