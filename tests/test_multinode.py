@@ -1,10 +1,12 @@
-"""Issue 6, items 2 and 3: the micro sweep on a real two-node Ray cluster (head and worker as separate
+"""Issue 6, items 1-3: the micro sweep, started through ``experiments/run_sweep.py`` as ``ray submit`` does,
+on a real two-node Ray cluster (head and worker as separate
 ``ray start`` nodes with their own ports and temp dirs, token authentication on) tracking into a real
 ``mlflow server`` on 127.0.0.1. Trials must run on both nodes, and every run, metric, artifact and the
 registered model must land in the server; nothing may fall back to a local store."""
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -27,10 +29,16 @@ def cluster_run(tmp_path_factory):
         server.wait()
         nodes = cluster.nodes()
         storage = os.path.join(root, "storage")
-        env = dict(cluster.env, RAY_DEDUP_LOGS="0")
-        proc = subprocess.run([sys.executable, "-m", "revsearch.cli", "run", MICRO, "--storage", storage,
-                               "--address", cluster.address, "--tracking-uri", server.uri],
-                              cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+        # as `ray submit` runs it: the entry script copied alone into a home directory that is also the
+        # working directory, the sweep named relative to the repository; the cluster comes from
+        # RAY_ADDRESS, as in a `ray job submit` driver
+        home = os.path.join(root, "home")
+        os.makedirs(home)
+        shutil.copy(os.path.join(REPO, "experiments", "run_sweep.py"), home)
+        env = dict(cluster.env, RAY_DEDUP_LOGS="0", RAY_ADDRESS=cluster.address, HOME=home)
+        proc = subprocess.run([sys.executable, "run_sweep.py", "tune_configs/micro.yaml", "--storage", storage,
+                               "--tracking-uri", server.uri],
+                              cwd=home, env=env, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         yield {"root": root, "storage": storage, "server": server, "cluster": cluster, "nodes": nodes,
                "proc": proc}
