@@ -101,7 +101,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if dry_run:
         print("revsearch " + " ".join(command))
         return 0
+    import revsearch
     from revsearch.cli import main as revsearch_main
+    # which copy of the code runs matters on a cluster: ray up's install, or a job's uploaded working dir
+    print(f"{PROG}: revsearch from {os.path.dirname(os.path.abspath(revsearch.__file__))}; "
+          f"revsearch {' '.join(command)}", flush=True)
     return revsearch_main(command)
 
 

@@ -83,9 +83,16 @@ class LocalRayCluster:
                                            start_new_session=True))
         self.temp_dirs.append(temp_dir)
 
-    def start_head(self, num_cpus: int = 1) -> str:
+    def start_head(self, num_cpus: int = 1, dashboard: bool = False) -> str:
+        """``dashboard=True`` also starts the dashboard and job server on 127.0.0.1 (``dashboard_url``)."""
         port = free_port()
-        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], num_cpus)
+        if dashboard:
+            self.dashboard_port = free_port()
+            self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+            extra = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
+        else:
+            extra = ["--include-dashboard=false"]
+        self._start("head", ["--head", f"--port={port}", *extra], num_cpus)
         self.address = f"127.0.0.1:{port}"
         # a driver started before the GCS listens would sit in Ray's minutes-long connect retries
         deadline = time.time() + 120
