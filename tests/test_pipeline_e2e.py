@@ -104,3 +104,46 @@ def test_report_rebuilds_ranking_from_mlflow(micro_run, tmp_path):
     original = list(csv.DictReader(open(os.path.join(storage, "runs", run_name, "ranking.csv"))))
     columns = ("label", "kind", "bleu", "chrf", "params", "genotype", "search_trial")
     assert [[r[c] for c in columns] for r in rebuilt] == [[r[c] for c in columns] for r in original]
+
+
+@pytest.mark.slow
+def test_multi_objective_sweep_retrains_the_pareto_front(tmp_path):
+    """objective {metric: [valid_loss, params], mode: [min, min]}: a two-direction Optuna study, the
+    retrain candidates taken from its Pareto front, and the front's picture in the parent run."""
+    import yaml
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    with open(MICRO, encoding="utf-8") as f:
+        sweep = yaml.safe_load(f)
+    sweep.update(name="micromo", num_samples=3, objective={"metric": ["valid_loss", "params"], "mode": ["min", "min"]})
+    sweep["retrain"]["top_k"] = 2
+    config = tmp_path / "micromo.yaml"
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    storage = tmp_path / "storage"
+    proc = revsearch("run", str(config), "--storage", str(storage), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    (run_name,) = os.listdir(storage / "runs")
+    run_dir = storage / "runs" / run_name
+    study = optuna.load_study(study_name="micromo-search", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # (valid loss, parameter count of the derived model): a positive loss and a whole positive count
+    assert all(len(t.values) == 2 and t.values[0] > 0 and t.values[1] > 0 and float(t.values[1]).is_integer()
+               for t in study.trials)
+    front = {t.user_attrs["tune_trial_id"] for t in study.best_trials}
+    candidates = json.load(open(run_dir / "run_state.json"))["candidates"]
+    chosen = {c["search_trial_id"] for c in candidates if c["kind"] == "derived"}
+    assert chosen and (chosen <= front if len(front) >= 2 else front <= chosen), (chosen, front)
+    assert {c["kind"] for c in candidates} == {"derived", "baseline"}
+
+    client = MlflowClient("sqlite:///" + str(storage / "mlflow.db"))
+    experiment = client.get_experiment_by_name("micromo")
+    parent = next(r for r in client.search_runs([experiment.experiment_id])
+                  if r.data.tags["revsearch.kind"] == "sweep")
+    assert "pareto.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    with open(run_dir / "pareto.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(run_dir / "ranking.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(candidates)

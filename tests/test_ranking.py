@@ -40,3 +40,14 @@ def test_pareto_picture(tmp_path):
     path = plot_pareto(points, pareto_front(points, ["min", "min"]), ["t1", "t2", "t3"],
                        ["valid_loss", "params"], str(tmp_path / "p.png"))
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_markdown_cells_keep_genotype_pipes_inside_the_cell():
+    """Genotype descriptions separate splits with ``|``: unescaped, a row would gain columns."""
+    import re
+    r = row("a", 20.0, 100)
+    r.genotype = "enc[conv3+conv11 | glu+ffn] dec[conv3 | self_attn]"
+    table = [l for l in to_markdown([r]).splitlines() if l.startswith("|")]
+    columns = [len(re.split(r"(?<!\\)\|", l)) for l in table]
+    assert len(set(columns)) == 1, table
+    assert "conv3+conv11 \\| glu+ffn" in table[-1]

@@ -31,13 +31,18 @@ def rank(rows: Iterable[RankRow]) -> List[RankRow]:
     return sorted(rows, key=lambda r: (-(r.bleu if not math.isnan(r.bleu) else -1e9), r.params))
 
 
+def _cell(text) -> str:
+    """A table cell: genotype descriptions separate splits with ``|``, which would end the cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(rows: Sequence[RankRow], title: str = "") -> str:
     lines = [f"# {title}", ""] if title else []
     lines += ["| rank | model | kind | BLEU | chrF | params | search s | retrain s | architecture |",
               "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | {r.label} | {r.kind} | {r.bleu:.2f} | {r.chrf:.2f} | {r.params:,} | "
-                     f"{r.search_seconds:.0f} | {r.retrain_seconds:.0f} | {r.genotype} |")
+        lines.append(f"| {i} | {_cell(r.label)} | {r.kind} | {r.bleu:.2f} | {r.chrf:.2f} | {r.params:,} | "
+                     f"{r.search_seconds:.0f} | {r.retrain_seconds:.0f} | {_cell(r.genotype)} |")
     signatures = sorted({r.bleu_signature for r in rows if r.bleu_signature})
     if signatures:
         lines += ["", "sacreBLEU: " + "; ".join(signatures)]
