@@ -415,7 +415,9 @@ def test_driver_killed_in_search_resumes_without_rerunning_finished_trials(tmp_p
 
 # ----------------------------------------------------------------------------------- (c) driver, stage 2
 def test_driver_killed_in_retrain_resumes_only_the_unfinished_retrain(tmp_path):
-    name, retrain_steps = "faults-retrain", 150
+    # long enough that Tune saves its experiment state (every ~10 s) between the two retrains' ends: at
+    # 150 steps both finished within 5 s of each other once the ops got faster, and the window closed
+    name, retrain_steps = "faults-retrain", 500
     # one trial at a time, so that one retrain finishes while the other one is still training
     config = write_sweep(tmp_path, name, steps=20, num_samples=2, max_concurrent=1, retrain_steps=retrain_steps)
     storage = tmp_path / "storage"
