@@ -71,16 +71,17 @@ class LocalRayCluster:
         # Ray puts Unix sockets under the temp dir and their paths may not exceed 107 bytes: keep it short
         temp_dir = os.path.join(self.short_root, name)
         os.makedirs(temp_dir)
-        low = free_port()  # a private worker-port range per node, away from the other node's
+        agent_port = free_port()  # the default (52365) would be taken by the first node
+        # a private worker-port range per node, away from the other node's
         workers = [f"--min-worker-port={20000 + self._next_worker_port}",
                    f"--max-worker-port={20000 + self._next_worker_port + 199}"]
         self._next_worker_port += 200
-        log = open(os.path.join(self.root, f"{name}.log"), "w")
         cmd = [os.path.join(BIN, "ray"), "start", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
                f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-               f"--dashboard-agent-listen-port={low}", *workers, *args]
-        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                           start_new_session=True))
+               f"--dashboard-agent-listen-port={agent_port}", *workers, *args]
+        with open(os.path.join(self.root, f"{name}.log"), "w") as log:  # the child keeps its own copy
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                               start_new_session=True))
         self.temp_dirs.append(temp_dir)
 
     def start_head(self, num_cpus: int = 1, dashboard: bool = False) -> str:
@@ -165,12 +166,12 @@ class MlflowServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(root, "mlflow-server.log")
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", "sqlite:///" + self.db,
-             "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "w") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", "sqlite:///" + self.db,
+                 "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(workers)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float = 120.0) -> None:
         deadline = time.time() + timeout

@@ -500,6 +500,8 @@ def test_bad_input_gives_one_line(case: Case, files: Files):
     if case.sweep:
         assert out.mlflow_runs in (None, 0), f"{out.mlflow_runs} MLflow run(s) recorded for a bad input"
         assert not out.run_dirs, f"run directories created for a bad input: {out.run_dirs}"
+    if case.id.startswith("ray-address"):  # found before the tracking store is even opened
+        assert out.mlflow_runs is None, "a tracking database was created for a bad Ray address"
     if case.id.startswith(("tracking-unreachable", "ray-address")):
         assert out.seconds < 30, f"took {out.seconds:.1f}s to report an unreachable tracking server"
 

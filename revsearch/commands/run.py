@@ -70,13 +70,18 @@ def ensure_storage(sweep, args=None) -> str:
 
 def preflight(sweep, args=None) -> None:
     """Checks before the pipeline creates a run directory or an MLflow run: the results directory is
-    writable, ``--resume`` names a run, and the tracking store is usable (server reachable, database driver installed, experiment
-    readable or created). Each failure is one ``ConfigError`` line."""
+    writable, ``--resume`` names a run, a Ray address (``--address`` / ``$RAY_ADDRESS``) has a head listening,
+    and the tracking store is usable (server reachable, database driver installed, experiment readable or
+    created). Each failure is one ``ConfigError`` line."""
     from ..errors import ConfigError
     from ..orchestration.pipeline import choose_run_dir
+    from ..orchestration.ray_connect import check_ray_address, cluster_address
     from ..orchestration.tracking import Tracker
     ensure_storage(sweep, args)
     choose_run_dir(sweep.storage, sweep.name, getattr(args, "resume", None))   # a bad --resume, first
+    address, name = cluster_address(getattr(args, "address", None))
+    if address:  # a TCP probe: before the tracking store is opened (or created) and before importing Ray
+        check_ray_address(address, name)
     try:
         Tracker(sweep.tracking_uri, sweep.experiment_name,
                 artifact_root=os.path.join(sweep.storage, "mlartifacts"))

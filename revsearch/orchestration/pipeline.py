@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import RevsearchError
 from .data_prep import PreparedData, prepare_data
-from .ray_connect import init_ray
+from .ray_connect import cluster_address, init_ray
 from .ranking import RankRow, pareto_front, plot_pareto, rank, write_ranking, to_markdown
 from .tracking import KIND_TAG, Tracker, mask_secrets
 
@@ -386,7 +386,7 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     if state.stage == "done":
         raise RevsearchError(f"--resume: {run_dir} already finished (ranking: "
                              f"{os.path.join(run_dir, 'ranking.md')}); run without --resume for a new one")
-    remote = bool(address or os.environ.get("RAY_ADDRESS"))
+    remote = cluster_address(address)[0] is not None
     if remote:  # a cluster that cannot be joined (wrong token, ...) is reported before minutes of data work
         init_ray(address)
     # the data is checked before anything is recorded: a bad corpus leaves no run behind

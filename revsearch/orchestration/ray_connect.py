@@ -14,7 +14,7 @@ import socket
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -87,17 +87,25 @@ def _reason(err: BaseException, output: List[str]) -> str:
     return f"{type(err).__name__}: {first[:200]}"
 
 
+def cluster_address(address: Optional[str]) -> Tuple[Optional[str], str]:
+    """(the cluster to join: ``address``, else ``$RAY_ADDRESS``, else None for a local Ray; the name to
+    show in errors)."""
+    if address:
+        return address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``), or start a private local Ray without a dashboard."""
+    address, name = cluster_address(address)
+    if address:
+        check_ray_address(address, name)  # before importing Ray: a bad address is answered in a second
     import ray
     if ray.is_initialized():
         return
-    name = "--address" if address else "RAY_ADDRESS"
-    address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
         return
-    check_ray_address(address, name)
     failure: Optional[BaseException] = None
     with _held_stderr() as output:
         try:
