@@ -6,29 +6,49 @@ import os
 
 
 def build_rows(tracker, parent_run_id: str):
-    """The ranking rows of a run, read from MLflow: each retrain's scores, and from the search trial that
-    found its genotype the search time and the architecture description (as the run's own ranking)."""
-    from ..orchestration.ranking import RankRow, rank
+    """The ranking rows of a run, read from MLflow alone: each (candidate, seed) retrain's scores and
+    hypotheses, the test references logged on the parent, and from the search trial that found a genotype
+    the search time and the architecture description; aggregated exactly as the run's own ranking."""
+    import tempfile
+    from ..orchestration.pipeline import REFERENCES_FILE, hypotheses_from_mlflow
+    from ..orchestration.ranking import SeedResult, aggregate
     searches = {run.data.tags.get("revsearch.trial_id", ""): run
                 for run in tracker.children(parent_run_id, kind="search")}
-    rows = []
+    results, described = [], {}
     for run in tracker.children(parent_run_id, kind="retrain"):
         m, tags, params = run.data.metrics, run.data.tags, run.data.params
-        if "test_bleu" not in m:
+        if "test_bleu" not in m or "valid_bleu" not in m:
             continue
+        label = tags.get("revsearch.candidate", run.info.run_name)
+        kind = tags.get("revsearch.model_kind", "")
         trial = tags.get("revsearch.search_trial_id", "")
         search = searches.get(trial)
-        if tags.get("revsearch.model_kind") == "derived":
-            architecture = search.data.tags.get("revsearch.genotype", "") if search else ""
+        if kind == "baseline":
+            ffn = params.get("model.ffn_dim")
+            architecture = (f"Transformer e={params.get('model.embed_dim')} d={params.get('model.hidden')}"
+                            + (f" ffn={ffn}" if ffn not in (None, "None") else ""))
         else:
-            architecture = f"Transformer e={params.get('model.embed_dim')} d={params.get('model.hidden')}"
-        rows.append(RankRow(
-            label=tags.get("revsearch.candidate", run.info.run_name), kind=tags.get("revsearch.model_kind", ""),
-            bleu=m["test_bleu"], chrf=m.get("test_chrf", float("nan")), params=int(m.get("params", 0)),
-            search_seconds=float(search.data.metrics.get("search_seconds", 0.0)) if search else 0.0,
-            retrain_seconds=m.get("train_seconds", 0.0), genotype=architecture, search_trial=trial,
-            mlflow_run_id=run.info.run_id, bleu_signature=tags.get("revsearch.bleu_signature", "")))
-    return rank(rows)
+            architecture = tags.get("revsearch.genotype_description", "") or (
+                search.data.tags.get("revsearch.genotype", "") if search else "")
+        described[label] = {"genotype": architecture, "search_trial": trial,
+                            "search_seconds": float(search.data.metrics.get("search_seconds", 0.0)) if search else 0.0}
+        results.append(SeedResult(
+            label=label, kind=kind, seed=int(m.get("seed", tags.get("revsearch.seed", 0))),
+            valid_bleu=m["valid_bleu"], test_bleu=m["test_bleu"], test_chrf=m.get("test_chrf", float("nan")),
+            params=int(m.get("params", 0)), target_params=int(m.get("target_params", 0)),
+            train_seconds=m.get("train_seconds", 0.0), mlflow_run_id=run.info.run_id,
+            bleu_signature=tags.get("revsearch.bleu_signature", "")))
+    references = None
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            path = tracker.client.download_artifacts(parent_run_id, REFERENCES_FILE, directory)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            references = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+        except Exception:  # noqa: BLE001 - an older run without references: no significance column
+            references = None
+    return aggregate(results, described, hypotheses=hypotheses_from_mlflow(tracker) if references else None,
+                     references=references)
 
 
 def _run(args) -> int:
@@ -66,7 +86,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="rebuild the ranking of a run from MLflow",
         description="Reads the retrain runs under a sweep's MLflow parent run (the latest one unless "
-                    "--run-id) and prints the ranking by test BLEU; --out also writes ranking.md/.csv.",
+                    "--run-id) and prints the ranking by validation BLEU (test BLEU reported beside it, mean ± std "
+                    "over seeds, paired bootstrap vs the Transformer); --out also writes ranking.md/.csv.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("config", nargs="?", help="sweep YAML (to find the tracking URI and experiment)")
     p.add_argument("--tracking-uri")

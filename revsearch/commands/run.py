@@ -99,7 +99,8 @@ def _run(args) -> int:
     sweep = load(args)
     preflight(sweep, args)
     result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log)
-    print(f"best: {result['best'].label}  BLEU {result['best'].bleu:.2f}  "
+    best = result["best"]
+    print(f"best: {best.label}  validation BLEU {best.valid_bleu:.2f} (test {best.test_bleu:.2f})  "
           f"(registered '{sweep.registered_model_name}' v{result['model_version']}, alias 'best')")
     print(f"ranking: {result['ranking_md']}")
     print(f"wall time: {result['wall_seconds']:.0f}s")

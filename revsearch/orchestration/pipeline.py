@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 from ..errors import RevsearchError
 from .data_prep import PreparedData, prepare_data
 from .ray_connect import cluster_address, init_ray
-from .ranking import RankRow, pareto_front, plot_pareto, rank, write_ranking, to_markdown
+from .ranking import (RankRow, SeedResult, aggregate, pareto_front, plot_pareto, summary, write_ranking,
+                      to_markdown)
 from .tracking import KIND_TAG, Tracker, mask_secrets
 
 STATE_FILE = "run_state.json"
@@ -306,45 +307,103 @@ def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resu
     from ray import tune
     from .trainables import retrain_trainable
 
+    seeds = retrain_seeds(sweep)
+
     def build(trainable):
+        # one trial per (candidate, seed); candidates vary slowest, so the seeds of a model run side by side
         return tune.Tuner(
-            trainable, param_space={"candidate": tune.grid_search(candidates)},
+            trainable, param_space={"candidate": tune.grid_search(candidates), "seed": tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent),
             run_config=tune.RunConfig(name="retrain", storage_path=run_dir, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=2)))
 
     tuner = _stage_tuner(sweep, retrain_trainable, context, os.path.join(run_dir, "retrain"), resume,
                          "stage 2", log, build)
-    log(f"stage 2: retraining {len(candidates)} model(s): " + ", ".join(c["label"] for c in candidates))
+    log(f"stage 2: retraining {len(candidates)} model(s) x {len(seeds)} seed(s): "
+        + ", ".join(c["label"] for c in candidates))
     return tuner.fit()
 
 
-def rows_from_results(results, candidates) -> List[RankRow]:
+def retrain_seeds(sweep) -> List[int]:
+    return list(sweep.retrain.seeds or [sweep.seed])
+
+
+def describe_candidates(candidates) -> Dict[str, Dict[str, Any]]:
+    """label -> what the ranking shows about a candidate besides its scores."""
+    from .trainables import describe_genotype
+    described = {}
+    for c in candidates:
+        if c["kind"] == "baseline":
+            m = c["model"]
+            text = f"Transformer e={m['embed_dim']} d={m['hidden']}" + (f" ffn={m['ffn_dim']}" if m.get("ffn_dim") else "")
+        else:
+            text = describe_genotype(c["genotype"])
+        described[c["label"]] = {"genotype": text, "search_trial": c.get("search_trial_id", ""),
+                                 "search_seconds": float(c.get("search_seconds", 0.0))}
+    return described
+
+
+def seed_results(results, candidates) -> List[SeedResult]:
+    """The scored (candidate, seed) retrains of stage 2's Tune results."""
     by_label = {c["label"]: c for c in candidates}
-    rows = []
+    out = []
     for result in results:
         m = result.metrics or {}
-        label = m.get("label") or (result.config or {}).get("candidate", {}).get("label")
-        if label not in by_label or "test_bleu" not in m:
+        config = result.config or {}
+        label = m.get("label") or config.get("candidate", {}).get("label")
+        if label not in by_label or "test_bleu" not in m or "valid_bleu" not in m:
             continue
         c = by_label[label]
-        description = ""
-        if c["kind"] == "derived":
-            from ..search import Genotype
-            description = Genotype.from_dict(json.loads(c["genotype"])).describe()
-        else:
-            description = f"Transformer e={c['model']['embed_dim']} d={c['model']['hidden']}"
-        rows.append(RankRow(label=label, kind=c["kind"], bleu=float(m["test_bleu"]), chrf=float(m["test_chrf"]),
-                            params=int(m["params"]), search_seconds=float(c.get("search_seconds", 0.0)),
-                            retrain_seconds=float(m["train_seconds"]), genotype=description,
-                            search_trial=c.get("search_trial_id", ""), mlflow_run_id=m.get("mlflow_run_id", ""),
-                            bleu_signature=m.get("bleu_signature", "")))
-    return rank(rows)
+        out.append(SeedResult(label=label, kind=c["kind"], seed=int(m.get("seed", config.get("seed", 0))),
+                              valid_bleu=float(m["valid_bleu"]), test_bleu=float(m["test_bleu"]),
+                              test_chrf=float(m["test_chrf"]), params=int(m["params"]),
+                              target_params=int(m.get("target_params") or c.get("target_params") or 0),
+                              train_seconds=float(m.get("train_seconds", 0.0)),
+                              mlflow_run_id=m.get("mlflow_run_id", ""), bleu_signature=m.get("bleu_signature", "")))
+    return out
+
+
+def hypotheses_from_mlflow(tracker: Tracker, name: str = "test_hypotheses.txt"):
+    """A reader of each retrain run's logged hypotheses (through the tracking server on a cluster)."""
+    import tempfile
+
+    def read(result: SeedResult) -> Optional[List[str]]:
+        if not result.mlflow_run_id:
+            return None
+        with tempfile.TemporaryDirectory() as directory:
+            try:
+                path = tracker.client.download_artifacts(result.mlflow_run_id, name, directory)
+            except Exception:  # noqa: BLE001 - a missing file only drops the significance test
+                return None
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    return read
+
+
+def test_references(prepared: PreparedData, candidates) -> Optional[List[str]]:
+    """The test references exactly as the retrains scored them."""
+    from .data_prep import _load
+    if not candidates:
+        return None
+    corpus = _load(prepared.corpus_dir, prepared.src_lang, prepared.tgt_lang, candidates[0]["max_len"])
+    return [t for _, t in corpus.test]
+
+
+REFERENCES_FILE = "test_references.txt"   # on the parent run: what the paired tests compare against
+
+
+def rows_from_results(results, candidates, tracker: Optional[Tracker] = None,
+                      references: Optional[List[str]] = None) -> List[RankRow]:
+    hypotheses = hypotheses_from_mlflow(tracker) if tracker is not None and references is not None else None
+    return aggregate(seed_results(results, candidates), describe_candidates(candidates),
+                     hypotheses=hypotheses, references=references)
 
 
 def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable[[str], None]) -> str:
     """Log the best model (pickled torch module + weights-only checkpoint) to its retrain run and
-    register it with the alias ``best``. Returns the registered version."""
+    register it with the alias ``best``; ``row`` is chosen on validation BLEU and its run is the seed with
+    the best validation BLEU. Returns the registered version."""
     import mlflow
     import mlflow.pytorch
     from ..train.checkpoint import load_for_inference
@@ -360,8 +419,23 @@ def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable
     version = mlflow.register_model(info.model_uri, model_name)
     tracker.client.set_registered_model_alias(model_name, "best", version.version)
     tracker.client.set_model_version_tag(model_name, version.version, "revsearch.label", row.label)
-    log(f"registered {model_name} version {version.version} (alias 'best'): {row.label}, BLEU {row.bleu:.2f}")
+    log(f"registered {model_name} version {version.version} (alias 'best'): {row.label}, "
+        f"validation BLEU {row.valid_bleu:.2f} (chosen on validation only)")
     return str(version.version)
+
+
+def aggregate_metrics(rows: List[RankRow]) -> Dict[str, float]:
+    """The parent run's view of stage 2: each candidate's mean/std over seeds, its comparison with the
+    Transformer, and the verdict (best derived vs Transformer and vs random)."""
+    metrics: Dict[str, float] = {"best_valid_bleu": rows[0].valid_bleu, "best_test_bleu": rows[0].test_bleu}
+    for r in rows:
+        for name in ("valid_bleu", "valid_bleu_std", "test_bleu", "test_bleu_std", "params",
+                     "delta_vs_baseline", "p_value"):
+            value = float(getattr(r, name))
+            if not math.isnan(value):
+                metrics[f"{r.label}.{name}"] = value
+    metrics.update({k: v for k, v in summary(rows).items() if not math.isnan(v)})
+    return metrics
 
 
 def write_genotypes(candidates: List[Dict[str, Any]], run_dir: str) -> None:
@@ -369,7 +443,7 @@ def write_genotypes(candidates: List[Dict[str, Any]], run_dir: str) -> None:
     directory = os.path.join(run_dir, "genotypes")
     os.makedirs(directory, exist_ok=True)
     for c in candidates:
-        if c["kind"] == "derived":
+        if c["kind"] != "baseline":  # derived and random genotypes
             c["genotype_file"] = os.path.join(directory, f"{c['label']}.json")
             Genotype.from_dict(json.loads(c["genotype"])).save(c["genotype_file"])
 
@@ -449,17 +523,23 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
                                 resuming and os.path.isdir(os.path.join(run_dir, "retrain")), log)
         stage_times["retrain_stage_seconds"] = time.perf_counter() - t
         close_dead_runs(tracker, state.parent_run_id, "retrain", results, log)
-        rows = rows_from_results(results, state.candidates)
+        references = test_references(prepared, state.candidates)
+        rows = rows_from_results(results, state.candidates, tracker, references)
         if not rows:
             raise RevsearchError("stage 2 produced no scored model; see the trial errors above")
         md, csv_path = write_ranking(rows, run_dir, title=f"revsearch ranking: {sweep.name}")
+        if references is not None:
+            references_path = os.path.join(run_dir, REFERENCES_FILE)
+            with open(references_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(references) + "\n")
+            tracker.log_artifact(state.parent_run_id, references_path)
         tracker.log_artifact(state.parent_run_id, md)
         tracker.log_artifact(state.parent_run_id, csv_path)
         log("\n" + to_markdown(rows))
         best = rows[0]
         version = register_best(tracker, best, sweep.registered_model_name, log)
         stage_times["wall_seconds"] = time.perf_counter() - wall_start
-        tracker.log_metrics(state.parent_run_id, dict(stage_times, best_bleu=best.bleu), 0)
+        tracker.log_metrics(state.parent_run_id, dict(stage_times, **aggregate_metrics(rows)), 0)
         tracker.set_tags(state.parent_run_id, {"revsearch.best": best.label, "revsearch.best_version": version})
         state.stage = "done"
         state.save()

@@ -299,6 +299,7 @@ class RetrainSection(_Section):
     length_penalty: float = 1.0
     average_last: int = 1
     validate_every: int = 200
+    seeds: Optional[List[int]] = None  # every candidate is retrained once per seed; None: [seed]
 
 
 @dataclass
@@ -356,6 +357,9 @@ RETRAIN_RULES = {
     "lr": FLOAT(0.0, low_open=True), "warmup_steps": INT(0), "max_tokens": INT(1), "beam": INT(1),
     "length_penalty": FLOAT(0.0), "average_last": INT(1), "validate_every": INT(0),
 }
+#: retrain keys checked by their own code instead of a one-value rule
+RETRAIN_NESTED_KEYS = ("seeds",)
+MAX_SEEDS = 32
 TOP_KEYS = ("name", "seed", "storage", "data", "search", "op_sets", "space", "objective", "num_samples",
             "max_concurrent", "scheduler", "resources", "retrain", "tracking")
 SPACE_PARAM_KEYS = {"choice": ("type", "values", "when"),
@@ -941,9 +945,10 @@ class _Validator:
     def retrain(self, raw: Any, num_samples: int, search: SearchSection,
                 space: Dict[str, SpaceParam]) -> RetrainSection:
         p = ("retrain",)
-        m = self.mapping(raw, p, tuple(RETRAIN_RULES))
+        m = self.mapping(raw, p, tuple(RETRAIN_RULES) + RETRAIN_NESTED_KEYS)
         defaults = {f.name: f.default for f in fields(RetrainSection)}
         values = self.section(m, p, RETRAIN_RULES, defaults)
+        values["seeds"] = self.seed_list(m.get("seeds"), p + ("seeds",))
         if values["top_k"] > num_samples:
             raise self.err(p + ("top_k",), f"must be <= num_samples ({num_samples}), got {values['top_k']}")
         if values["steps"] is None and values["budget_minutes"] is None:
@@ -961,6 +966,17 @@ class _Validator:
                     raise self.err(p + ("hidden",), f"must be divisible by every possible split count "
                                                     f"(search.splits can be {n}), got {hidden}")
         return RetrainSection(**values)
+
+    def seed_list(self, raw: Any, path: Tuple) -> Optional[List[int]]:
+        if raw is None:
+            return None
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_SEEDS:
+            raise self.err(path, f"must be null (the sweep's seed) or a list of 1 to {MAX_SEEDS} distinct "
+                                 f"seeds, got {show(raw)}")
+        seeds = [self.check(INT(0, 2**31 - 1), x, path + (i,)) for i, x in enumerate(raw)]
+        if len(set(seeds)) != len(seeds):
+            raise self.err(path, f"seeds must be distinct, got {show(raw)}")
+        return seeds
 
     def tracking(self, raw: Any) -> TrackingSection:
         p = ("tracking",)

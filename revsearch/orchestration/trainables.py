@@ -164,50 +164,69 @@ def build_retrain_model(candidate: Dict[str, Any], vocab_size: int):
 
 
 def retrain_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
-    """Stage 2 as a Tune trial: every metric dict goes to ``tune.report``."""
+    """Stage 2 as a Tune trial, one (candidate, seed) pair: every metric dict goes to ``tune.report``."""
     from ray import tune
-    run_retrain(config["candidate"], context, tune.report)
+    run_retrain(config["candidate"], context, tune.report, seed=config.get("seed"))
+
+
+#: metrics a finished retrain run reports (read back from MLflow when Tune reruns a finished trial)
+RETRAIN_FINAL_METRICS = ("valid_bleu", "valid_chrf", "test_bleu", "test_chrf", "params", "target_params",
+                         "train_seconds", "train_steps", "tokens_per_s", "best_valid_nll", "decode_seconds",
+                         "seed")
+
+
+def describe_genotype(genotype_json: str) -> str:
+    """The one-line architecture text of rankings and MLflow tags (bounded: tags hold 5,000 chars)."""
+    return Genotype.from_dict(json.loads(genotype_json)).describe()[:5000]
+
+
+def retrain_key(label: str, seed: int) -> str:
+    """The MLflow key of one (candidate, seed) retrain: a restarted trial finds its run again by it."""
+    return f"retrain:{label}:seed{seed}"
 
 
 def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
-                report: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
-    """Train a candidate from scratch, score it with sacreBLEU, log everything to its MLflow run.
-    Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``)."""
+                report: Callable[[Dict[str, Any]], None], seed: int = None) -> Dict[str, Any]:
+    """Train a candidate from scratch with one seed, score it with sacreBLEU on the validation set (what
+    rankings and the registry decide on) and on the test set (reported only), log everything to its
+    MLflow run. Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``)."""
     from ..train.evaluate import EvalConfig, evaluate_model
     from ..train.decoding import DecodeConfig
     from ..train.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(max(1, int(context.get("threads", 1))))
+    seed = int(context["seed"] if seed is None else seed)
     retrain = context["retrain"]
     label = candidate["label"]
     tracker = _tracker(context)
-    tags = {KIND_TAG: "retrain", "revsearch.candidate": label, "revsearch.model_kind": candidate["kind"]}
+    tags = {KIND_TAG: "retrain", "revsearch.candidate": label, "revsearch.model_kind": candidate["kind"],
+            "revsearch.seed": str(seed)}
     for key in ("search_trial_id", "search_run_id", "genotype_key"):
         if candidate.get(key):
             tags[f"revsearch.{key}"] = candidate[key]
-    done = _finished_run(tracker, f"retrain:{label}", context["parent_run_id"])
-    if done is not None and "test_bleu" in done.data.metrics:
-        final = {k: v for k, v in done.data.metrics.items()
-                 if k in ("test_bleu", "test_chrf", "params", "train_seconds", "train_steps", "tokens_per_s",
-                          "best_valid_nll", "decode_seconds")}
-        final.update(label=label, mlflow_run_id=done.info.run_id,
+    if candidate["kind"] != "baseline":  # random genotypes have no search run to describe them
+        tags["revsearch.genotype_description"] = describe_genotype(candidate["genotype"])
+    key = retrain_key(label, seed)
+    done = _finished_run(tracker, key, context["parent_run_id"])
+    if done is not None and "test_bleu" in done.data.metrics and "valid_bleu" in done.data.metrics:
+        final = {k: v for k, v in done.data.metrics.items() if k in RETRAIN_FINAL_METRICS}
+        final.update(label=label, seed=seed, mlflow_run_id=done.info.run_id,
                      bleu_signature=done.data.tags.get("revsearch.bleu_signature", ""),
                      checkpoint_path=done.data.tags.get("revsearch.checkpoint", ""))
         report(final)
         return final
-    run_id = tracker.start_run(f"retrain-{label}", tags, parent=context["parent_run_id"],
-                               key=f"retrain:{label}")
+    run_id = tracker.start_run(f"retrain-{label}-seed{seed}", tags, parent=context["parent_run_id"], key=key)
     tracker.set_tags(run_id, placement_tags())
     status = "FAILED"
     try:
         prepared = PreparedData(**context["prepared"])
         data = encoded_data(prepared, candidate["vocab_size"], candidate["spm_model_type"], candidate["max_len"])
-        torch.manual_seed(context["seed"])
+        torch.manual_seed(seed)
         model, spec = build_retrain_model(candidate, data.tokenizer.vocab_size)
         params = count_parameters(model)
         tracker.log_params(run_id, {"model": candidate["model"], "kind": candidate["kind"],
-                                    "retrain": retrain, "params": params})
-        save_dir = os.path.join(context["run_dir"], "retrain", label)
+                                    "retrain": retrain, "params": params, "seed": seed})
+        save_dir = os.path.join(context["run_dir"], "retrain", label, f"seed{seed}")
         train_config = TrainConfig(
             lr=retrain["lr"], warmup_steps=retrain["warmup_steps"], max_tokens=retrain["max_tokens"],
             label_smoothing=retrain["label_smoothing"],
@@ -215,7 +234,7 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
             time_budget_s=(retrain["budget_minutes"] * 60) if retrain.get("budget_minutes") else None,
             valid_every=retrain["validate_every"], log_every=max(1, retrain["validate_every"] // 4),
             average_last=retrain["average_last"], keep_last=max(retrain["average_last"], 2),
-            save_dir=save_dir, resume=True, quiet=True, seed=context["seed"],
+            save_dir=save_dir, resume=True, quiet=True, seed=seed,
             max_positions=candidate["max_len"])
 
         def on_report(step: int, metrics: Dict[str, float]) -> None:
@@ -225,23 +244,29 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
         trainer = Trainer(model, data.train, data.valid, train_config,
                           spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report)
         result = trainer.train()
-        evaluation = evaluate_model(model, data.tokenizer, data.test_pairs,
-                                    EvalConfig(decode=DecodeConfig(beam_size=retrain["beam"],
-                                                                   length_penalty=retrain["length_penalty"])))
-        final = {"test_bleu": evaluation.bleu, "test_chrf": evaluation.chrf, "params": params,
+        # one decoder setting for both sets: validation decides, test only reports
+        eval_config = EvalConfig(decode=DecodeConfig(beam_size=retrain["beam"],
+                                                     length_penalty=retrain["length_penalty"]))
+        validation = evaluate_model(model, data.tokenizer, data.valid_pairs, eval_config)
+        evaluation = evaluate_model(model, data.tokenizer, data.test_pairs, eval_config)
+        final = {"valid_bleu": validation.bleu, "valid_chrf": validation.chrf,
+                 "test_bleu": evaluation.bleu, "test_chrf": evaluation.chrf, "params": params,
                  "train_seconds": result.elapsed_s, "train_steps": result.steps,
                  "tokens_per_s": result.tokens_per_s, "best_valid_nll": result.best_valid_nll,
-                 "decode_seconds": evaluation.seconds}
+                 "decode_seconds": validation.seconds + evaluation.seconds, "seed": seed}
+        if candidate.get("target_params"):
+            final["target_params"] = candidate["target_params"]
         tracker.log_metrics(run_id, final, result.steps)
         tracker.set_tags(run_id, {"revsearch.bleu_signature": evaluation.bleu_signature,
                                   "revsearch.chrf_signature": evaluation.chrf_signature,
                                   "revsearch.checkpoint": result.checkpoints.get("best", "")})
         with tempfile.TemporaryDirectory() as directory:
-            hyp = os.path.join(directory, "test_hypotheses.txt")
-            with open(hyp, "w", encoding="utf-8") as f:
-                f.write("\n".join(evaluation.hypotheses) + "\n")
-            tracker.log_artifact(run_id, hyp)
-            if candidate["kind"] == "derived":
+            for name, ev in (("valid_hypotheses.txt", validation), ("test_hypotheses.txt", evaluation)):
+                hyp = os.path.join(directory, name)
+                with open(hyp, "w", encoding="utf-8") as f:
+                    f.write("\n".join(ev.hypotheses) + "\n")
+                tracker.log_artifact(run_id, hyp)
+            if candidate["kind"] != "baseline":
                 genotype = Genotype.from_dict(json.loads(candidate["genotype"]))
                 tracker.log_artifact(run_id, plot_cell(genotype, os.path.join(directory, "derived_cell.png")))
                 path = os.path.join(directory, "genotype.json")
