@@ -47,7 +47,10 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
     with open(os.path.join(run_dir, "ranking.csv")) as f:
         rows = list(csv.DictReader(f))
     assert {r["kind"] for r in rows} == {"derived", "baseline"}
-    assert all(0.0 <= float(r["bleu"]) <= 100.0 and int(r["params"]) > 0 for r in rows)
+    assert all(0.0 <= float(r[k]) <= 100.0 for r in rows for k in ("valid_bleu", "test_bleu"))
+    assert all(int(r["params"]) > 0 for r in rows)
+    # ranked by validation BLEU, never by test BLEU
+    assert [float(r["valid_bleu"]) for r in rows] == sorted((float(r["valid_bleu"]) for r in rows), reverse=True)
     assert "nrefs:1|case:mixed" in open(os.path.join(run_dir, "ranking.md")).read()
     state = json.load(open(os.path.join(run_dir, "run_state.json")))
     assert state["stage"] == "done"
@@ -78,20 +81,23 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
         search_ids.add(run.data.tags["revsearch.trial_id"])
         history = client.get_metric_history(run.info.run_id, "valid_loss")
         assert [m.step for m in history] == [10, 20]  # a curve over search steps
-        assert {"alpha_entropy", "steps_per_s", "peak_rss_bytes", "params"} <= set(run.data.metrics)
+        assert {"alpha_entropy", "param_free_share", "alpha_margin", "steps_per_s", "peak_rss_bytes",
+                "params"} <= set(run.data.metrics)
         assert {"sampled.splits", "supernet.hidden", "search.alpha_lr"} <= set(run.data.params)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"genotype.json", "alpha_heatmap.png", "derived_cell.png"} <= artifacts
+        assert {"genotype.json", "alpha_heatmap.png", "alpha_trajectories.png", "derived_cell.png"} <= artifacts
     retrains = [r for r in children if r.data.tags["revsearch.kind"] == "retrain"]
     derived = next(r for r in retrains if r.data.tags["revsearch.model_kind"] == "derived")
     assert derived.data.tags["revsearch.search_trial_id"] in search_ids  # retrain -> search link
-    assert "test_bleu" in derived.data.metrics and "test_chrf" in derived.data.metrics
+    assert {"valid_bleu", "test_bleu", "test_chrf"} <= set(derived.data.metrics)
+    assert {"valid_hypotheses.txt", "test_hypotheses.txt"} <= {a.path for a in client.list_artifacts(derived.info.run_id)}
     assert derived.data.tags["revsearch.bleu_signature"].startswith("nrefs:1")
 
     # the registered best model
     version = client.get_model_version_by_alias("revsearch-micro", "best")
     best_label = rows[0]["label"]
     assert version.tags["revsearch.label"] == best_label
+    assert version.run_id == rows[0]["mlflow_run_id"]    # the seed chosen on validation BLEU
 
 
 @pytest.mark.slow
@@ -102,7 +108,8 @@ def test_report_rebuilds_ranking_from_mlflow(micro_run, tmp_path):
     rebuilt = list(csv.DictReader(open(tmp_path / "ranking.csv")))
     (run_name,) = os.listdir(os.path.join(storage, "runs"))
     original = list(csv.DictReader(open(os.path.join(storage, "runs", run_name, "ranking.csv"))))
-    columns = ("label", "kind", "bleu", "chrf", "params", "genotype", "search_trial")
+    columns = ("label", "kind", "seeds", "valid_bleu", "test_bleu", "test_chrf", "params", "target_params",
+               "delta_vs_baseline", "p_value", "genotype", "search_trial", "mlflow_run_id")
     assert [[r[c] for c in columns] for r in rebuilt] == [[r[c] for c in columns] for r in original]
 
 
