@@ -46,10 +46,10 @@ def build_sweep(args, storage: str) -> dict:
     return {
         "name": args.name, "seed": args.seed, "storage": storage,
         "data": {"kind": "corpus", "path": os.path.abspath(args.data), "src_lang": "en", "tgt_lang": "de",
-                 "vocab_size": args.vocab, "spm_model_type": "unigram", "max_tokens": args.max_tokens,
+                 "vocab_size": args.vocab, "spm_model_type": "unigram", "max_tokens": args.search_max_tokens,
                  "arch_fraction": 0.5, "max_len": 64},
-        "search": {"steps": search_steps, "report_every": max(1, search_steps // 4),
-                   "checkpoint_every": max(1, search_steps // 2), "valid_batches": 8,
+        "search": {"steps": search_steps, "report_every": max(1, search_steps // 5),
+                   "checkpoint_every": 2 * max(1, search_steps // 5), "valid_batches": 8,
                    "hidden": args.hidden, "splits": args.splits, "embed_dim": args.embed,
                    "encoder_layers": 2, "decoder_layers": 2, "cell_layers": 2, "share_alpha": True,
                    "heads": args.heads, "dropout": 0.1, "pooling": "max", "mode": "reversible",
@@ -81,15 +81,16 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="fidelity")
     p.add_argument("--seed", type=int, default=0, help="search and sampling seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="retrain seeds (>= 2 for a std)")
-    p.add_argument("--search-steps", type=int, default=400)
-    p.add_argument("--retrain-steps", type=int, default=1200)
-    p.add_argument("--hidden", type=int, default=192, help="search width = retrain width (as in the paper)")
+    p.add_argument("--search-steps", type=int, default=250)
+    p.add_argument("--retrain-steps", type=int, default=1000)
+    p.add_argument("--hidden", type=int, default=96, help="search width = retrain width (as in the paper)")
     p.add_argument("--embed", type=int, default=128)
     p.add_argument("--splits", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2, help="retrain encoder and decoder depth")
     p.add_argument("--vocab", type=int, default=4000)
-    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--max-tokens", type=int, default=2048, help="tokens per retrain batch")
+    p.add_argument("--search-max-tokens", type=int, default=1024, help="tokens per search batch (θ and α each)")
     p.add_argument("--alpha-lr", type=float, default=3.0e-3)
     p.add_argument("--alpha-warmup", type=int, default=None, help="θ-only steps (default: a quarter)")
     p.add_argument("--random", type=int, default=2, help="random genotypes (the sampling baseline)")
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
                    help="parameter budget (default: the Transformer's count at --hidden)")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--cpus", type=int, default=2, help="trials at a time (one CPU each)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest interrupted run under --out (e.g. stage 2 with other --retrain-steps)")
     p.add_argument("--json", help="write the records and summary here")
     args = p.parse_args(argv)
 
@@ -111,13 +114,17 @@ def main(argv=None) -> int:
 
     storage = os.path.abspath(args.out)
     os.makedirs(storage, exist_ok=True)
-    sweep = validate_sweep_dict(build_sweep(args, storage), source="bench_fidelity", base_dir=storage)
     start = time.perf_counter()
     try:
-        result = run_pipeline(sweep, log=lambda m: print(m, file=sys.stderr, flush=True))
+        sweep = validate_sweep_dict(build_sweep(args, storage), source="bench_fidelity", base_dir=storage)
+        result = run_pipeline(sweep, resume="latest" if args.resume else None,
+                              log=lambda m: print(m, file=sys.stderr, flush=True))
     except RevsearchError as err:
         print(f"bench_fidelity: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:   # revsearch.errors.Interrupted: the run is saved
+        print(f"bench_fidelity: interrupted: {err}; continue with the same arguments and --resume", file=sys.stderr)
+        return 130
     wall = time.perf_counter() - start
     rows, seeds = result["rows"], result["seed_results"]
     target = max((r.target_params for r in rows), default=0)

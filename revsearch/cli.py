@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -61,20 +62,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # name the subcommand whose options were mistyped, not the top-level program
         _deepest(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    from . import interrupts
+    previous = interrupts.install()   # Ctrl-C and SIGTERM unwind through the code that ends MLflow runs
     try:
         return int(args.handler(args) or 0)
     except RevsearchError as err:
         print(f"revsearch: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("revsearch: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Interrupted, or a plain one from code that replaced our handler
+        signum = getattr(err, "signum", signal.SIGINT)
+        detail = one_line(err)
+        # only as the process's own command (argv None), never when a test calls main() in-process
+        ray_started = argv is None and interrupts.shut_down_ray()
+        print(f"revsearch: interrupted by {signal.Signals(signum).name}{'; ' + detail if detail else ''}",
+              file=sys.stderr, flush=True)
+        if ray_started:
+            interrupts.exit_now(128 + int(signum))
+        return 128 + int(signum)
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("REVSEARCH_DEBUG"):
             raise
         print(f"revsearch: internal error: {type(err).__name__}: {one_line(err, 500)} "
               f"(set REVSEARCH_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+    finally:
+        interrupts.restore(previous)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,12 @@ class ConfigError(RevsearchError):
 
 class DataError(RevsearchError):
     """A corpus problem; the message names the file (and line, where there is one)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a command after it saved what it had done; the message says
+    how to continue. The CLI prints it as one line and exits 128 + ``signum`` (130 for Ctrl-C)."""
+
+    def __init__(self, message: str = "", signum: int = 2):  # 2: SIGINT
+        super().__init__(message)
+        self.signum = signum

@@ -125,6 +125,25 @@ class Files:
         torch.save(state, path)
         return path
 
+    def real_checkpoint(self) -> str:
+        """A checkpoint that translates (untrained): a tiny Transformer with ``max_len`` 16 and a real
+        SentencePiece model, for the cases whose error lies in the input, not in the checkpoint."""
+        path = self.path("real.pt")
+        if os.path.exists(path):
+            return path
+        import torch
+        from revsearch.data.tokenizer import SentencePieceConfig, train_tokenizer
+        from revsearch.models.transformer import StandardTransformer, TransformerConfig
+        from revsearch.train.checkpoint import save_checkpoint
+        text = self.text("spm.txt", "".join(f"the house {i} is small and the garden is green\n" for i in range(40)))
+        tok = train_tokenizer([text], SentencePieceConfig(vocab_size=40, cache_dir=self.path("spm-cache")))
+        torch.manual_seed(0)
+        model = StandardTransformer(TransformerConfig(tok.vocab_size, embed_dim=8, hidden=8, encoder_layers=1,
+                                                      decoder_layers=1, heads=2, ffn_dim=16, max_len=16))
+        save_checkpoint(path, {"model": model.state_dict(), "model_spec": model.spec(),
+                               "spm_model": tok.model_proto})
+        return path
+
     def payload_checkpoint(self) -> str:
         return self.checkpoint("payload.pt", {"evil": Payload(self.marker)})
 
@@ -140,6 +159,39 @@ def _truncate(path: str) -> str:
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2])
     return path
+
+
+def _edited_checkpoint(f: "Files", name: str, edit: Callable[[dict], None]) -> str:
+    """A copy of ``f.real_checkpoint()`` with ``edit`` applied to its loaded state (issue 12)."""
+    import torch
+    state = torch.load(f.real_checkpoint(), weights_only=True)
+    edit(state)
+    path = f.path(name)
+    torch.save(state, path)
+    return path
+
+
+def _nan_weights(state: dict) -> None:
+    for tensor in state["model"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+
+
+def _one_pair_corpus(d: str) -> None:
+    """Training split reduced to one pair (valid and test untouched)."""
+    for lang, text in (("en", "the house\n"), ("de", "das Haus\n")):
+        _write_lines(os.path.join(d, f"train.{lang}"), text.encode())
+
+
+def _one_short_pair_corpus(d: str) -> None:
+    """Two training pairs, one of them longer than the base sweep's ``max_len`` (32) words."""
+    long_line = " ".join(["word"] * 40)
+    _write_lines(os.path.join(d, "train.en"), f"the house\n{long_line}\n".encode())
+    _write_lines(os.path.join(d, "train.de"), b"das Haus\nlang\n")
+
+
+def _deep_json(f: "Files", name: str, depth: int = 200_000) -> str:
+    return f.text(name, "[" * depth + "]" * depth)
 
 
 def _not_writable_storage(f: Files) -> str:
@@ -170,6 +222,11 @@ class Case:
     env: Dict[str, str] = field(default_factory=dict)
     forbid: List[str] = field(default_factory=list)   # substrings that must NOT appear (secrets)
     known_issue: str = ""                       # xfail(strict) reason: a library problem reported upstream
+    stdin: bytes = b""                          # fed to the command's stdin (default: nothing, /dev/null)
+    memory_cap: int = 0                         # bytes of address space (RLIMIT_AS): an input that could
+                                                # allocate without bound must not endanger the machine
+    leaves_nothing: bool = False                # the storage folder must not even be created
+    max_seconds: float = 0                      # a bounded case must answer within this (0: TIMEOUT only)
 
 
 def run_case(*sweep_args, storage_flag=True):
@@ -199,6 +256,73 @@ def dropper(key: str):
 
 def space(params: dict):
     return setter("space", params)
+
+
+# --- issue 12 (bounds, writing only where asked): fixtures ---------------------------------------------
+GIB = 2 ** 30
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A YAML flow list whose aliases expand to width**levels (9**9 ~ 387 million) scalars."""
+    parts = ["&a0 [" + ", ".join(["lol"] * width) + "]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def bomb_sweep(name: str, where: str):
+    """The base sweep with the alias bomb as the value of ``where`` (dotted)."""
+    def build(f: Files) -> str:
+        data = copy.deepcopy(BASE)
+        setter(where, "BOMB")(data)
+        return f.text(name, yaml.safe_dump(data, sort_keys=False).replace("BOMB", alias_bomb(), 1))
+    return build
+
+
+def fifo(f: Files) -> str:
+    path = f.path("fifo.yaml")
+    if not os.path.exists(path):
+        os.mkfifo(path)
+    return path
+
+
+def symlink_loop(f: Files) -> str:
+    path = f.path("loop")
+    if not os.path.lexists(path):
+        os.symlink(path, path)
+    return path
+
+
+def big_genotype_file(f: Files, name: str, splits: int = 2, layers: int = 1) -> str:
+    ops = (["conv3", "self_attn"] * splits)[:splits]
+    data = copy.deepcopy(GENOTYPE)
+    data["splits"] = splits
+    data["encoder"]["cell"] = [ops] * layers
+    data["decoder"]["cell"] = [(["conv3", "cross_attn"] * splits)[:splits]] * layers
+    return f.text(name, json.dumps(data))
+
+
+def oversized_spec_checkpoint(f: Files) -> str:
+    """A small Transformer's weights under a spec that says hidden = 24,000 (the file stays small)."""
+    from dataclasses import asdict
+    from revsearch.models.transformer import StandardTransformer, TransformerConfig
+    config = TransformerConfig(vocab_size=64, embed_dim=16, hidden=16, encoder_layers=1, decoder_layers=1,
+                               heads=2, ffn_dim=32)
+    model = StandardTransformer(config)
+    spec = model.spec()
+    spec["config"] = dict(asdict(config), hidden=24000, ffn_dim=96000)
+    return f.checkpoint("oversized-spec.pt", {"model": model.state_dict(), "model_spec": spec})
+
+
+def garbage_run_dir(f: Files) -> str:
+    d = f.path("garbage-run")
+    os.makedirs(d, exist_ok=True)
+    f.text("garbage-run/run_state.json", "{not json")
+    return d
+
+
+def derived_hidden_space(d: dict) -> None:
+    d["space"] = {"splits": {"type": "choice", "values": [2]}, "width": {"type": "choice", "values": [8]},
+                  "hidden": {"type": "derived", "expr": "splits * width"}}
 
 
 CASES: List[Case] = [
@@ -309,6 +433,36 @@ CASES: List[Case] = [
          run_case(lambda f: f.sweep("corpus-missing.yaml", lambda d: d.update(
              data={"kind": "corpus", "path": f.path("no-such-corpus"), "src_lang": "en", "tgt_lang": "de"}))),
          ["no-such-corpus"], sweep=True),
+    # data minimums and binary files (issue 12, items 8 and 13) ----------------------------------------
+    Case("data-one-training-pair", "data", "`data check` of a corpus with one training pair (the search needs 2)",
+         lambda f, s: ["data", "check", "--corpus", f.corpus("c-one", _one_pair_corpus)],
+         ["c-one/train.en", "1 distinct training pair", "at least 2"]),
+    Case("data-one-pair-after-filter", "data", "sweep whose corpus keeps one training pair under `data.max_len` words",
+         run_case(lambda f: f.sweep("one-short.yaml", lambda d: d.update(data=dict(
+             d["data"], kind="corpus", path=f.corpus("c-one-short", _one_short_pair_corpus), synthetic=None)))),
+         ["c-one-short/train.en", "after filtering 1 pair(s) longer than 32 words"], sweep=True),
+    Case("data-nul-byte", "data", "NUL byte on line 2 of `train.en`",
+         lambda f, s: ["data", "check", "--corpus",
+                       f.corpus("c-nul", lambda d: _write_lines(os.path.join(d, "train.en"),
+                                                                b"a\nb\x00c\nc\nd\ne\nf\n"))],
+         ["c-nul/train.en", "line 2", "NUL byte"]),
+    # output directories (issue 12, item 12) -----------------------------------------------------------
+    Case("data-synthetic-out-file", "data", "`data synthetic --out` is a file",
+         lambda f, s: ["data", "synthetic", "--out", f.text("out-file", "x"), "--train", "10"],
+         ["--out", "out-file", "is a file"]),
+    Case("data-synthetic-out-unwritable", "data", "`data synthetic --out` where we may not write",
+         lambda f, s: ["data", "synthetic", "--out", _not_writable_storage(f), "--train", "10"],
+         ["--out", "cannot write"]),
+    Case("data-import-out-file", "data", "`data import --out` is a file",
+         lambda f, s: ["data", "import", "--src", f.text("imp2.en", "a\nb\nc\n"), "--tgt", f.text("imp2.de", "a\nb\nc\n"),
+                       "--src-lang", "en", "--tgt-lang", "de", "--out", f.text("out-file2", "x")],
+         ["--out", "out-file2", "is a file"]),
+    Case("train-baseline-out-file", "data", "`train-baseline --out` is a file (refused before SentencePiece)",
+         lambda f, s: ["train-baseline", "--corpus", f.corpus("c-good"), "--out", f.text("out-file3", "x")],
+         ["--out", "out-file3", "is a file"], max_seconds=30),
+    Case("train-baseline-out-unwritable", "data", "`train-baseline --out` where we may not write",
+         lambda f, s: ["train-baseline", "--corpus", f.corpus("c-good"), "--out", _not_writable_storage(f)],
+         ["--out", "cannot write"], max_seconds=30),
     # genotypes --------------------------------------------------------------------------------------
     Case("genotype-missing", "genotype", "genotype file does not exist",
          lambda f, s: ["retrain", f.path("missing.json"), "--config", f.sweep("base.yaml"), "--storage", s],
@@ -329,6 +483,24 @@ CASES: List[Case] = [
          lambda f, s: ["retrain", f.text("g-pickle.json", pickle.dumps(Payload(f.marker)), "wb"),
                        "--config", f.sweep("base.yaml"), "--storage", s],
          ["g-pickle.json", "JSON"], sweep=True),
+    Case("genotype-deep-nesting", "genotype", "JSON nested 200,000 deep",
+         lambda f, s: ["retrain", _deep_json(f, "g-deep.json"), "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-deep.json", "nested too deeply"], sweep=True),
+    Case("genotype-is-directory", "genotype", "genotype path is a directory",
+         lambda f, s: ["retrain", f.corpus("g-dir"), "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-dir", "is a directory"], sweep=True),
+    Case("genotype-nan-probability", "genotype", "`NaN` among the probabilities",
+         lambda f, s: ["retrain", f.genotype("g-nan.json", lambda g: g["encoder"].__setitem__(
+             "probabilities", [[[float("nan"), 1.0], [0.0, 1.0]]])), "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-nan.json", "encoder.probabilities[0][0]", "nan"], sweep=True),
+    Case("genotype-infinite-probability", "genotype", "`Infinity` among the probabilities",
+         lambda f, s: ["retrain", f.genotype("g-inf.json", lambda g: g["decoder"].__setitem__(
+             "probabilities", [[[1.0, 0.0], [0.0, float("inf")]]])), "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-inf.json", "decoder.probabilities[0][1]", "inf"], sweep=True),
+    Case("retrain-threads-zero", "CLI", "`retrain --threads 0`",
+         lambda f, s: ["retrain", f.genotype("g-ok.json"), "--config", f.sweep("base.yaml"), "--storage", s,
+                       "--threads", "0"],
+         ["revsearch retrain", "--threads", "'0'"], sweep=True),
     # checkpoints ------------------------------------------------------------------------------------
     Case("checkpoint-missing", "checkpoint", "`translate --checkpoint` file does not exist",
          lambda f, s: ["translate", "--checkpoint", f.path("missing.pt")], ["missing.pt", "not found"]),
@@ -346,6 +518,13 @@ CASES: List[Case] = [
     Case("checkpoint-foreign", "checkpoint", "a torch file that is not a revsearch checkpoint",
          lambda f, s: ["translate", "--checkpoint", f.checkpoint("foreign.pt", revsearch_format=False)],
          ["foreign.pt", "not a revsearch checkpoint"]),
+    Case("checkpoint-config-missing-keys", "checkpoint", "derived-model builder with an empty config (no `genotype`)",
+         lambda f, s: ["translate", "--checkpoint", _edited_checkpoint(f, "nokeys.pt", lambda st: st.__setitem__(
+             "model_spec", {"builder": "revsearch.search.derive:build_from_spec", "config": {}}))],
+         ["nokeys.pt", "lacks 'genotype'", "build_from_spec"]),
+    Case("checkpoint-nan-weights", "checkpoint", "every weight NaN (a diverged training; translated to empty lines)",
+         lambda f, s: ["translate", "--checkpoint", _edited_checkpoint(f, "nan.pt", lambda st: _nan_weights(st))],
+         ["nan.pt", "NaN"], stdin=b"the house\n"),
     # tracking URIs ----------------------------------------------------------------------------------
     Case("tracking-unreachable", "tracking URI", f"`--tracking-uri {UNREACHABLE}` (nothing listening)",
          run_case(sweep_file("base.yaml"), "--tracking-uri", UNREACHABLE), ["--tracking-uri", "127.0.0.1:9"],
@@ -414,6 +593,157 @@ CASES: List[Case] = [
     Case("cli-input-missing", "CLI", "`evaluate --hyp` file does not exist",
          lambda f, s: ["evaluate", "--hyp", f.path("nohyp.txt"), "--ref", f.text("ref2.txt", "a\n")],
          ["nohyp.txt", "not found"]),
+    # bounds: memory and time (issue 12, items 1-5) --------------------------------------------------
+    Case("sweep-alias-bomb-seed", "bounds", "YAML alias bomb (9^9 scalars) as `seed`",
+         run_case(bomb_sweep("bomb-seed.yaml", "seed")), ["bomb-seed.yaml", "alias"], sweep=True,
+         memory_cap=4 * GIB, leaves_nothing=True, max_seconds=30),
+    Case("sweep-alias-bomb-name", "bounds", "YAML alias bomb as `name`",
+         run_case(bomb_sweep("bomb-name.yaml", "name")), ["bomb-name.yaml", "alias"], sweep=True,
+         memory_cap=4 * GIB, max_seconds=30),
+    Case("sweep-alias-bomb-steps", "bounds", "YAML alias bomb as `search.steps`",
+         run_case(bomb_sweep("bomb-steps.yaml", "search.steps")), ["bomb-steps.yaml", "alias"], sweep=True,
+         memory_cap=4 * GIB, max_seconds=30),
+    Case("sweep-alias-bomb-values", "bounds", "YAML alias bomb as `space.splits.values`",
+         run_case(bomb_sweep("bomb-values.yaml", "space.splits.values")), ["bomb-values.yaml", "alias"],
+         sweep=True, memory_cap=4 * GIB, max_seconds=30),
+    Case("sweep-alias-bomb-op-set", "bounds", "YAML alias bomb as an op set",
+         run_case(bomb_sweep("bomb-ops.yaml", "op_sets.tiny.encoder")), ["bomb-ops.yaml", "alias"],
+         sweep=True, memory_cap=4 * GIB, max_seconds=30),
+    Case("sweep-alias-recursive", "bounds", "a recursive YAML alias (`&r [*r]`)",
+         run_case(sweep_file("recursive.yaml", raw="name: x\nseed: &r [*r]\n")), ["recursive.yaml", "recursive"],
+         sweep=True, memory_cap=4 * GIB),
+    Case("sweep-dev-zero", "bounds", "`revsearch run /dev/zero`",
+         run_case("/dev/zero"), ["/dev/zero", "character device"], sweep=True, memory_cap=4 * GIB,
+         leaves_nothing=True, max_seconds=30),
+    Case("sweep-dev-urandom", "bounds", "`revsearch run /dev/urandom`",
+         run_case("/dev/urandom"), ["/dev/urandom", "character device"], sweep=True, memory_cap=4 * GIB,
+         max_seconds=30),
+    Case("sweep-fifo", "bounds", "a FIFO with no writer as the sweep file",
+         run_case(fifo), ["fifo.yaml", "FIFO"], sweep=True, max_seconds=30),
+    Case("sweep-too-large", "bounds", "a 2 MiB sweep file",
+         run_case(lambda f: f.text("large.yaml", "name: x\n" + "# padding\n" * 210_000)),
+         ["large.yaml", "KiB"], sweep=True, memory_cap=4 * GIB, max_seconds=30),
+    Case("space-choice-100k", "bounds", "a `choice` of 100,000 values",
+         run_case(lambda f: f.text("choice-100k.yaml", yaml.safe_dump(BASE, sort_keys=False)  # flow list: 0.6 MB
+                                   + "space: {max_tokens: {type: choice, values: ["
+                                   + ", ".join(map(str, range(256, 100_256))) + "]}}\n")),
+         ["choice-100k.yaml", "space.max_tokens.values", "100,000 values"], sweep=True, memory_cap=4 * GIB,
+         leaves_nothing=True, max_seconds=60),
+    Case("sweep-num-samples-huge", "bounds", "`num_samples: 10^9`",
+         run_case(sweep_file("samples.yaml", setter("num_samples", 10 ** 9))), ["samples.yaml", "num_samples"],
+         sweep=True),
+    Case("sweep-hidden-huge", "bounds", "`search.hidden: 10^12` (validates, cannot be allocated)",
+         run_case(sweep_file("hidden-huge.yaml", setter("search.hidden", 10 ** 12))),
+         ["hidden-huge.yaml", "search", "supernet", "this machine has"], sweep=True, memory_cap=4 * GIB,
+         leaves_nothing=True, max_seconds=60),
+    Case("sweep-hidden-space-huge", "bounds", "a space that can sample `hidden: 2000000`",
+         run_case(sweep_file("hidden-space.yaml", space({"hidden": {"type": "choice", "values": [16, 2_000_000]}}))),
+         ["hidden-space.yaml", "hidden=2000000", "GiB"], sweep=True, memory_cap=4 * GIB, max_seconds=60),
+    Case("sweep-synthetic-huge", "bounds", "`data.synthetic.train: 10^9`",
+         run_case(sweep_file("train-huge.yaml", setter("data.synthetic.train", 10 ** 9))),
+         ["train-huge.yaml", "data.synthetic.train", "GiB"], sweep=True, memory_cap=4 * GIB,
+         leaves_nothing=True, max_seconds=60),
+    Case("resources-cpu-too-many", "bounds", "`resources.cpu: 4096` (more than this machine has)",
+         run_case(sweep_file("cpu.yaml", setter("resources", {"cpu": 4096}))),
+         ["cpu.yaml", "resources.cpu", "4096", "this machine has"], sweep=True, leaves_nothing=True),
+    Case("resources-gpu-too-many", "bounds", "`resources.gpu: 4096` (e.g. 1 on a machine without GPUs)",
+         run_case(sweep_file("gpu.yaml", setter("resources", {"gpu": 4096}))),
+         ["gpu.yaml", "resources.gpu", "this machine has"], sweep=True, leaves_nothing=True),
+    Case("genotype-huge-splits", "bounds", "a genotype with 100,000 splits",
+         lambda f, s: ["retrain", f.genotype("g-splits.json", lambda g: g.update(splits=100_000)), "--config",
+                       f.sweep("base.yaml"), "--storage", s],
+         ["g-splits.json", "splits", "64"], sweep=True, memory_cap=4 * GIB, leaves_nothing=True, max_seconds=60),
+    Case("genotype-many-layers", "bounds", "a genotype cell of 1,000 layers",
+         lambda f, s: ["retrain", big_genotype_file(f, "g-layers.json", layers=1000), "--config",
+                       f.sweep("base.yaml"), "--storage", s],
+         ["g-layers.json", "1,000 layers"], sweep=True, memory_cap=4 * GIB, leaves_nothing=True),
+    Case("genotype-million-layers", "bounds", "a genotype cell of 10^6 layers (a 20 MB file)",
+         lambda f, s: ["retrain", big_genotype_file(f, "g-million.json", layers=10 ** 6), "--config",
+                       f.sweep("base.yaml"), "--storage", s],
+         ["g-million.json", "KiB"], sweep=True, memory_cap=4 * GIB, max_seconds=60),
+    Case("checkpoint-spec-oversized", "bounds", "small weights whose spec says hidden = 24,000",
+         lambda f, s: ["translate", "--checkpoint", oversized_spec_checkpoint(f)],
+         ["oversized-spec.pt", "does not match", "24000"], memory_cap=4 * GIB, max_seconds=60),
+    # writing only where asked (issue 12, items 9-11) ------------------------------------------------
+    Case("import-lang-traversal", "writing", "`data import --src-lang /../../x`",
+         lambda f, s: ["data", "import", "--src", f.text("imp-ok.en", "a b\n" * 5), "--tgt",
+                       f.text("imp-ok.de", "c d\n" * 5), "--src-lang", "/../../x", "--tgt-lang", "de",
+                       "--out", s],
+         ["--src-lang", "/../../x"], leaves_nothing=True),
+    Case("import-out-is-input", "writing", "`data import --out` = the folder holding the input `train.en`",
+         lambda f, s: ["data", "import", "--src", f.text("inplace/train.en", "a b\nc d\ne f\n"),
+                       "--tgt", f.text("inplace/train.de", "g h\ni j\nk l\n"), "--src-lang", "en",
+                       "--tgt-lang", "de", "--out", f.path("inplace"), "--valid-size", "1", "--test-size", "1"],
+         ["--out", "would overwrite", "train.en"]),
+    Case("nothing-broken-corpus", "writing", "sweep over a corpus without `test.de`: no storage, no mlflow.db",
+         run_case(lambda f: f.sweep("broken-corpus.yaml", lambda d: d.update(data={
+             "kind": "corpus", "path": f.corpus("c-broken", lambda c: os.remove(os.path.join(c, "test.de"))),
+             "src_lang": "en", "tgt_lang": "de"}))),
+         ["test.de", "not found"], sweep=True, leaves_nothing=True),
+    Case("nothing-bad-genotype", "writing", "`retrain` of a bad genotype: no storage, no mlflow.db",
+         lambda f, s: ["retrain", f.genotype("g-nothing.json", lambda g: g.update(splits=1)),
+                       "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-nothing.json", "splits"], sweep=True, leaves_nothing=True),
+    Case("nothing-garbage-run-state", "writing", "`--resume` of a run whose `run_state.json` is garbage",
+         lambda f, s: ["run", f.sweep("base.yaml"), "--storage", s, "--resume", garbage_run_dir(f)],
+         ["run_state.json", "cannot resume"], sweep=True, leaves_nothing=True),
+    Case("nothing-resume-no-run", "writing", "`--resume` with no earlier run: no empty storage folder",
+         lambda f, s: ["run", f.sweep("base.yaml"), "--storage", s, "--resume"],
+         ["--resume", "no earlier run"], sweep=True, leaves_nothing=True),
+    Case("nothing-report-fresh", "writing", "`report` on fresh storage: no mlflow.db created",
+         lambda f, s: ["report", f.sweep("base.yaml"), "--storage", s],
+         ["no MLflow database"], leaves_nothing=True),
+    Case("nothing-sqlite-missing-folder", "writing", "`sqlite:` URI in a missing folder, then a broken corpus",
+         lambda f, s: ["run", f.sweep("broken-corpus2.yaml", lambda d: d.update(data={
+             "kind": "corpus", "path": f.corpus("c-broken2", lambda c: os.remove(os.path.join(c, "test.de"))),
+             "src_lang": "en", "tgt_lang": "de"})), "--storage", s,
+             "--tracking-uri", "sqlite:///" + os.path.join(s, "deep", "er", "mlflow.db")],
+         ["test.de", "not found"], sweep=True, leaves_nothing=True),
+    Case("tracking-sqlite-directory", "writing", "`--tracking-uri sqlite:////<a directory>`",
+         lambda f, s: ["run", f.sweep("base.yaml"), "--storage", s, "--tracking-uri", "sqlite:///" + f.cases],
+         ["--tracking-uri", "names a directory"], sweep=True, leaves_nothing=True, max_seconds=30),
+    # the right words (issue 12, items 14-15) --------------------------------------------------------
+    Case("checkpoint-is-directory", "checkpoint", "`translate --checkpoint` names a directory",
+         lambda f, s: ["translate", "--checkpoint", f.root], ["is a directory"]),
+    Case("storage-symlink-loop", "storage", "`--storage` is a symbolic link loop",
+         lambda f, s: ["run", f.sweep("base.yaml"), "--storage", symlink_loop(f)],
+         ["--storage", "symbolic link loop"], sweep=True),
+    Case("data-path-is-file", "data", "sweep `data.path` names a file, not a corpus directory",
+         run_case(lambda f: f.sweep("corpus-file.yaml", lambda d: d.update(
+             data={"kind": "corpus", "path": f.text("afile", "x\n"), "src_lang": "en", "tgt_lang": "de"}))),
+         ["afile", "is a file"], sweep=True, leaves_nothing=True),
+    Case("genotype-unknown-op-short-layer", "genotype", "a cell layer with a misspelt op and one op too few",
+         lambda f, s: ["retrain", f.genotype("g-op2.json", lambda g: g["encoder"]["cell"].__setitem__(0, ["conv4"])),
+                       "--config", f.sweep("base.yaml"), "--storage", s],
+         ["g-op2.json", "unknown op 'conv4'"], sweep=True),
+    # translate / evaluate options (issue 12) ---------------------------------------------------------
+    Case("translate-stdin-non-utf8", "translate", "Latin-1 byte on line 2 of stdin",
+         lambda f, s: ["translate", "--checkpoint", f.real_checkpoint()], ["<stdin>", "line 2", "UTF-8"],
+         stdin=b"the house\ncaf\xe9 au lait\n"),
+    Case("translate-line-too-long", "translate", "input line 2 longer than the model's `max_len` (refused, not truncated)",
+         lambda f, s: ["translate", "--checkpoint", f.real_checkpoint(), "--input",
+                       f.text("long.txt", "the house\n" + "the garden is green " * 20 + "\n")],
+         ["long.txt", "line 2", "max_len 16"]),
+    Case("translate-chunk-zero", "translate", "`--chunk 0`",
+         lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--chunk", "0"], ["--chunk", "'0'"]),
+    Case("translate-output-missing-folder", "translate", "`--output` in a folder that does not exist",
+         lambda f, s: ["translate", "--checkpoint", f.real_checkpoint(), "--output", f.path("no-folder/out.txt")],
+         ["--output", "no-folder", "does not exist"]),
+    Case("translate-device-cuda-missing", "translate", "`--device cuda:99` (no such CUDA device here)",
+         lambda f, s: ["translate", "--checkpoint", f.real_checkpoint(), "--device", "cuda:99"],
+         ["--device", "cuda:99"]),
+    Case("translate-device-invalid", "translate", "`--device gpu` (not a torch device)",
+         lambda f, s: ["translate", "--checkpoint", f.real_checkpoint(), "--device", "gpu"], ["--device", "'gpu'"]),
+    Case("translate-max-tokens-zero", "translate", "`--max-tokens 0`",
+         lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--max-tokens", "0"], ["--max-tokens", "'0'"]),
+    Case("translate-lenpen-nan", "translate", "`--lenpen nan`",
+         lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--lenpen", "nan"], ["--lenpen", "nan"]),
+    Case("evaluate-tokenize-unknown", "evaluate", "`--tokenize warp` (not a sacreBLEU tokenizer)",
+         lambda f, s: ["evaluate", "--hyp", f.text("hyp3.txt", "a\n"), "--ref", f.text("ref3.txt", "a\n"),
+                       "--tokenize", "warp"], ["--tokenize", "warp", "13a"]),
+    Case("evaluate-limit-zero", "evaluate", "`--limit 0` (used to score everything)",
+         lambda f, s: ["evaluate", "--checkpoint", f.real_checkpoint(), "--corpus", f.corpus("c-good"),
+                       "--limit", "0"], ["--limit", "'0'"]),
 ]
 #: every case runs in CI; these ~2.5 s each (torch import) also run without ``-m "not slow"`` only.
 #: The others are variations of the same checks and run with the slow tests.
@@ -424,6 +754,11 @@ CORE = {"sweep-missing", "sweep-syntax", "sweep-unknown-key",
         "checkpoint-corrupt", "checkpoint-truncated", "checkpoint-pickle-translate",
         "tracking-unreachable", "tracking-file-cli", "ray-address-unreachable", "storage-is-file-cli", "storage-not-writable",
         "cli-unknown-command", "cli-unknown-option", "cli-missing-required", "cli-bad-int", "cli-bad-choice"}
+CORE |= {"sweep-alias-bomb-seed", "sweep-dev-zero", "sweep-fifo", "space-choice-100k", "sweep-hidden-huge",
+         "resources-cpu-too-many", "checkpoint-spec-oversized", "import-lang-traversal", "nothing-report-fresh",
+         "tracking-sqlite-directory", "checkpoint-is-directory"}
+CORE |= {"translate-chunk-zero", "translate-lenpen-nan", "translate-stdin-non-utf8"}
+CORE |= {"data-one-training-pair", "data-nul-byte", "data-synthetic-out-file"}   # issue 12, items 8, 12, 13
 CASE_IDS = [c.id for c in CASES]
 assert CORE <= set(CASE_IDS)
 assert len(set(CASE_IDS)) == len(CASE_IDS)
@@ -448,6 +783,15 @@ def mlflow_runs(storage: str) -> Optional[int]:
         return con.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
 
 
+def _address_space_cap(nbytes: int):
+    """preexec_fn: the child may map at most ``nbytes`` (a runaway allocation fails instead of swapping)."""
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    return apply
+
+
 def execute(case: Case, files: Files) -> Outcome:
     storage = files.storage(case.id)
     argv = case.argv(files, storage)
@@ -455,8 +799,16 @@ def execute(case: Case, files: Files) -> Outcome:
     env["RAY_ADDRESS"] = ""
     env.update(case.env)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "revsearch.cli", *argv], cwd=files.cases, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    stdin = subprocess.DEVNULL
+    if case.stdin:   # raw bytes (they may be invalid UTF-8), through a file: text=True would encode a str
+        stdin = open(files.text(f"stdin-{case.id}", case.stdin, "wb"), "rb")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "revsearch.cli", *argv], cwd=files.cases, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT, stdin=stdin,
+                              preexec_fn=_address_space_cap(case.memory_cap) if case.memory_cap else None)
+    finally:
+        if case.stdin:
+            stdin.close()
     runs = os.path.join(storage, "runs")
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, mlflow_runs(storage),
                    sorted(os.listdir(runs)) if os.path.isdir(runs) else [])
@@ -500,6 +852,11 @@ def test_bad_input_gives_one_line(case: Case, files: Files):
     if case.sweep:
         assert out.mlflow_runs in (None, 0), f"{out.mlflow_runs} MLflow run(s) recorded for a bad input"
         assert not out.run_dirs, f"run directories created for a bad input: {out.run_dirs}"
+    if case.leaves_nothing:   # every check runs before the first byte is written
+        assert not os.path.exists(files.storage(case.id)), \
+            f"created for a bad input: {sorted(os.listdir(files.storage(case.id)))}"
+    if case.max_seconds:
+        assert out.seconds < case.max_seconds, f"took {out.seconds:.1f}s (bound: {case.max_seconds}s)"
     if case.id.startswith("ray-address"):  # found before the tracking store is even opened
         assert out.mlflow_runs is None, "a tracking database was created for a bad Ray address"
     if case.id.startswith(("tracking-unreachable", "ray-address")):

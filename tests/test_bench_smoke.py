@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
 
@@ -68,3 +70,41 @@ def test_bench_reversible_tiny(tmp_path):
         assert r["depth"] == 2
         assert r["forward_saved_bytes"] > 0 and r["peak_activation_bytes"] > 0 and r["step_seconds"] > 0
         assert r["grad_rel_err"] < 1e-4
+
+
+def test_bench_decoding_tiny(tmp_path):
+    out = tmp_path / "decoding.json"
+    stdout = run_script("bench_decoding.py", "--synthetic", "6", "--hidden", "32", "--embed-dim", "16",
+                        "--layers", "1", "--heads", "2", "--vocab-size", "60", "--cache-dir", str(tmp_path / "spm"),
+                        "--json", str(out))
+    data = json.loads(out.read_text())
+    records = data["records"]
+    assert {(r["model"], r["beam"], r["cached"]) for r in records} == {
+        (m, b, c) for m in ("derived", "transformer") for b in (4, 1) for c in (True, False)}
+    for r in records:
+        assert r["sentences_per_s"] > 0 and r["tokens_per_s"] > 0
+        assert r["identical_to_uncached"] is True
+    assert abs(data["params"]["transformer"] / data["params"]["derived"] - 1) <= 0.03
+    assert "| model | beam |" in stdout
+
+
+def test_bench_decoding_skips_without_data(tmp_path):
+    out = tmp_path / "skipped.json"
+    stdout = run_script("bench_decoding.py", "--data", str(tmp_path / "nowhere"), "--json", str(out))
+    assert "skipped" in stdout
+    assert json.loads(out.read_text())["records"] == []
+
+
+@pytest.mark.slow  # ~30 s: generates the synthetic pair and trains its tokenizer
+def test_search_levers_tiny(tmp_path):
+    out = tmp_path / "levers.json"
+    stdout = run_script("search_levers.py", "--steps", "3", "--report-every", "3", "--warmups", "0", "2",
+                        "--alpha-lrs", "1e-2", "--storage", str(tmp_path / "storage"),
+                        "--plots", str(tmp_path / "plots"), "--json", str(out), timeout=300)
+    data = json.loads(out.read_text())
+    assert [r["settings"]["alpha_warmup_steps"] for r in data["results"]] == [0, 2]
+    for r in data["results"]:
+        assert r["valid_loss"] > 0 and 0 <= r["param_free_share"] <= 1 and r["alpha_margin"] >= 0
+        assert r["genotype"].startswith("enc[")
+    assert len(list((tmp_path / "plots").glob("alpha_trajectories_*.png"))) == 2
+    assert "| alpha_warmup_steps | alpha_lr |" in stdout

@@ -90,6 +90,7 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
     derived = next(r for r in retrains if r.data.tags["revsearch.model_kind"] == "derived")
     assert derived.data.tags["revsearch.search_trial_id"] in search_ids  # retrain -> search link
     assert {"valid_bleu", "test_bleu", "test_chrf"} <= set(derived.data.metrics)
+    assert derived.data.metrics["decode_seconds"] > 0 and derived.data.metrics["decode_sentences_per_s"] > 0
     assert {"valid_hypotheses.txt", "test_hypotheses.txt"} <= {a.path for a in client.list_artifacts(derived.info.run_id)}
     assert derived.data.tags["revsearch.bleu_signature"].startswith("nrefs:1")
 

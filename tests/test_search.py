@@ -198,3 +198,66 @@ def test_derived_model_trains_and_is_smaller_than_supernet():
     assert loss.item() < first * 0.5
     with pytest.raises(ConfigError, match="3 splits"):
         build_derived_model(uniform_genotype(3, "ffn", "ffn"), config)
+
+
+# --- derivation as in DARTS: zero is never derived unless allowed -----------------------------------
+def _supernet_preferring_zero(splits=2, runner_up="conv3"):
+    """A supernet whose α puts ``zero`` first and ``runner_up`` second at every node."""
+    net = Supernet(tiny_config(hidden=8 * splits, splits=splits))
+    with torch.no_grad():
+        for side in ("encoder", "decoder"):
+            ops = list(net.config.ops(side))
+            for row in net.alpha_grid(side):
+                for alpha in row:
+                    alpha.zero_()
+                    alpha[ops.index("zero")] = 3.0
+                    alpha[ops.index(runner_up)] = 2.0
+    return net
+
+
+def test_derivation_skips_zero_and_takes_the_next_best_op(tmp_path):
+    net = _supernet_preferring_zero()
+    genotype = derive_genotype(net)
+    for side in ("encoder", "decoder"):
+        assert all(op == "conv3" for row in genotype.side(side).cell for op in row)
+        zero = genotype.side(side).candidates.index("zero")   # the probabilities still show zero first
+        assert all(max(p) == p[zero] for row in genotype.side(side).probabilities for p in row)
+    assert genotype.to_dict()["derivation"] == {"rule": "argmax", "excluded": ["zero"]}
+    path = tmp_path / "g.json"
+    genotype.save(str(path))
+    assert Genotype.load(str(path)).derivation == {"rule": "argmax", "excluded": ["zero"]}
+    allowed = derive_genotype(net, allow_zero=True)
+    assert all(op == "zero" for row in allowed.encoder.cell for op in row)
+    assert allowed.derivation == {"rule": "argmax", "excluded": []}
+
+
+def test_derivation_without_zero_is_the_plain_argmax_and_keys_are_stable():
+    torch.manual_seed(3)
+    net = Supernet(tiny_config())
+    with torch.no_grad():
+        for alpha in net.arch_parameters():
+            alpha.normal_()
+            alpha[list(ENCODER_OPS).index("zero")] = -10.0   # zero is never the argmax here
+    excluded, allowed = derive_genotype(net), derive_genotype(net, allow_zero=True)
+    assert excluded.encoder.cell == allowed.encoder.cell and excluded.decoder.cell == allowed.decoder.cell
+    assert excluded.key() == allowed.key()   # the derivation record is provenance, not identity
+    plain = Genotype.from_dict({k: v for k, v in excluded.to_dict().items() if k != "derivation"})
+    assert plain.derivation is None and plain.key() == excluded.key()   # files written before it was recorded
+
+
+def test_search_config_option_reaches_the_derivation():
+    from revsearch.search.loop import SearchData, SearchLoop
+    from tests.search_fixtures import reversal_pairs
+    pairs = reversal_pairs(8, 0)
+    for allow, expected in ((False, "conv3"), (True, "zero")):
+        net = _supernet_preferring_zero()
+        loop = SearchLoop(BilevelSearch(net, SearchConfig(derive_allow_zero=allow)),
+                          SearchData(pairs, pairs, pairs, max_tokens=64), valid_batches=1)
+        assert loop.genotype().encoder.cell[0][0] == expected
+
+
+def test_genotype_derivation_record_is_validated():
+    data = uniform_genotype(2, "ffn", "ffn").to_dict()
+    data["derivation"] = {"excluded": "zero"}
+    with pytest.raises(ConfigError, match="derivation must be an object"):
+        Genotype.from_dict(data)

@@ -194,6 +194,27 @@ def test_resolve_trial_partial_settings():
     assert (s.supernet["hidden"], s.supernet["embed_dim"]) == (48, 32)
 
 
+def test_search_levers_reach_the_search_config():
+    sweep = validate_sweep_dict({"name": "d"}, SRC)
+    assert (sweep.search.alpha_betas, sweep.search.alpha_warmup_steps) == (None, 0)
+    config = resolve_trial(sweep, {}).search
+    assert (config.alpha_betas, config.alpha_warmup_steps) == (SearchConfig().alpha_betas, 0)
+    assert config.alpha_adam_betas() == config.betas  # null: α uses θ's betas, as before
+    raw = quickstart_raw()
+    raw["search"].update(alpha_betas=[0.5, 0.9], alpha_warmup_steps=20)
+    raw["space"]["alpha_warmup_steps"] = {"type": "choice", "values": [0, 50]}
+    sweep = validate_sweep_dict(raw, SRC)
+    assert sweep.search.alpha_betas == (0.5, 0.9)
+    assert validate_sweep_dict(sweep.to_dict(), SRC).search == sweep.search  # round trip
+    assert sweep.to_dict()["search"]["alpha_betas"] == [0.5, 0.9]
+    trial = {"splits": 2, "per_split_width": 16, "op_set": "light", "alpha_lr": 0.01, "cell_layers": 1,
+             "alpha_warmup_steps": 50}
+    settings_ = resolve_trial(sweep, trial)
+    assert (settings_.search.alpha_betas, settings_.search.alpha_warmup_steps) == ((0.5, 0.9), 50)
+    assert settings_.search.betas == (0.9, 0.98)
+    assert settings_.to_dict()["search"]["alpha_betas"] == [0.5, 0.9]
+
+
 def test_invalid_combination_is_caught_at_load_time():
     raw = quickstart_raw()
     raw["space"] = {"splits": {"type": "choice", "values": [2, 3]},
@@ -259,10 +280,19 @@ BAD_CASES = [
     ({"search.dropout": 1.0}, "search.dropout: must be a number in [0, 1), got 1.0"),
     ({"search.pooling": "maxx"}, "search.pooling: must be one of: max, mean, got 'maxx' (did you mean 'max'?)"),
     ({"search.betas": [0.9]}, "search.betas: must be a list of two numbers"),
+    ({"search.alpha_betas": [0.9]}, "search.alpha_betas: must be null (the same as betas) or a list of two"),
+    ({"search.alpha_betas": [0.5, 1.0]}, "search.alpha_betas[1]: must be a number in [0, 1), got 1.0"),
+    ({"search.alpha_warmup_steps": -1}, "search.alpha_warmup_steps: must be an integer >= 0, got -1"),
+    ({"search.alpha_warmup_steps": 2.5}, "search.alpha_warmup_steps: must be an integer >= 0, got 2.5"),
+    ({"search.alpha_warmup_steps": 150}, "search.alpha_warmup_steps: must be < search.steps (150)"),
+    ({"space.alpha_betas": {"type": "choice", "values": [0.5]}}, "space.alpha_betas: unknown setting"),
+    ({"space.alpha_warmup_steps": {"type": "choice", "values": [0, 200]}},
+     "space: an invalid combination can be sampled: search.alpha_warmup_steps: must be < search.steps"),
     ({"search.report_every": 500}, "search.report_every: must be <= search.steps (150)"),
     ({"search.checkpoint_every": 75}, "search.checkpoint_every: must be a multiple of search.report_every (50)"),
     ({"search.op_set": "heavy"}, "search.op_set: unknown op set 'heavy'; defined: full, light"),
-    ({"num_samples": 0}, "num_samples: must be an integer >= 1, got 0"),
+    ({"num_samples": 0}, "num_samples: must be an integer in [1, 10000], got 0"),
+    ({"num_samples": 10 ** 9}, "num_samples: must be an integer in [1, 10000], got 1000000000"),
     ({"max_concurrent": True}, "max_concurrent: must be an integer >= 1, got True"),
     ({"data.arch_fraction": 1.0}, "data.arch_fraction: must be a number in (0, 1), got 1.0"),
     ({"data.synthetic.p_plural": 1.5}, "data.synthetic.p_plural: must be a number in [0, 1]"),
@@ -327,6 +357,18 @@ BAD_CASES = [
     ({"retrain.hidden": 100},
      "retrain.hidden: must be divisible by every possible split count (search.splits can be 3)"),
     ({"retrain.beam": 0}, "retrain.beam: must be an integer >= 1, got 0"),
+    ({"retrain.size": {"match": "flops"}}, "retrain.size.match: must be one of: params, width, got 'flops'"),
+    ({"retrain.size": {"tolerance": 0}}, "retrain.size.tolerance: must be a number in (0, 1), got 0"),
+    ({"retrain.size": {"tolerance": 1.5}}, "retrain.size.tolerance: must be a number in (0, 1), got 1.5"),
+    ({"retrain.size": {"params": -5}}, "retrain.size.params: must be null or an integer >= 1, got -5"),
+    ({"retrain.size": {"params": 1.5e6}}, "retrain.size.params: must be null or an integer >= 1, got 1500000.0"),
+    ({"retrain.size": {"match": "width", "params": 1000}},
+     "retrain.size.params: only used with retrain.size.match: params (match is width)"),
+    ({"retrain.size": "params"}, "retrain.size: must be a mapping with keys match, params, tolerance, got 'params'"),
+    ({"retrain.size": {"tolerence": 0.1}}, "retrain.size.tolerence: unknown key (did you mean 'tolerance'?)"),
+    ({"retrain.random_genotypes": 100}, "retrain.random_genotypes: must be an integer in [0, 64], got 100"),
+    ({"retrain.random_genotypes": True}, "retrain.random_genotypes: must be an integer in [0, 64], got True"),
+    ({"search.derive_allow_zero": "no"}, "search.derive_allow_zero: must be true or false, got 'no'"),
     ({"tracking.uri": "mlruns"}, "tracking.uri: must be null (sqlite database under storage) or an MLflow"),
     ({"tracking.uri": "file:///tmp/mlruns"}, "tracking.uri: MLflow 3.17 refuses file stores"),
     ({"tracking.registered_model": "a/b"}, "tracking.registered_model: must be null or a model name"),
@@ -513,3 +555,18 @@ def test_fuzz_spaces(space):
     doc = quickstart_raw()
     doc["space"] = space
     _check_never_crashes(doc)
+
+
+def test_equal_size_random_baseline_and_derivation_defaults_round_trip():
+    sweep = validate_sweep_dict({"name": "x"}, SRC)
+    assert sweep.retrain.size == {"match": "params", "params": None, "tolerance": 0.03}
+    assert sweep.retrain.random_genotypes == 0 and sweep.search.derive_allow_zero is False
+    custom = validate_sweep_dict({"name": "x", "search": {"derive_allow_zero": True}, "retrain": {
+        "size": {"params": 2_000_000, "tolerance": 0.05}, "random_genotypes": 3}}, SRC)
+    assert custom.retrain.size == {"match": "params", "params": 2_000_000, "tolerance": 0.05}
+    again = validate_sweep_dict(custom.to_dict(), SRC)
+    assert again.retrain == custom.retrain and again.search.derive_allow_zero is True
+    width = validate_sweep_dict({"name": "x", "retrain": {"size": {"match": "width"}}}, SRC)
+    assert width.retrain.size == {"match": "width", "params": None, "tolerance": 0.03}
+    # the derivation option reaches the search trial's SearchConfig (and may even be a space parameter)
+    assert resolve_trial(custom, {}).search.derive_allow_zero is True

@@ -15,7 +15,7 @@ from revsearch.data.synthetic import SyntheticConfig, generate_pairs
 from revsearch.data.tokenizer import SentencePieceConfig, train_tokenizer
 from revsearch.models.transformer import StandardTransformer, TransformerConfig
 from revsearch.train.checkpoint import load_for_inference
-from revsearch.train.decoding import DecodeConfig, beam_search, greedy_decode, translate
+from revsearch.train.decoding import DecodeConfig, beam_search, greedy_decode, translate, translate_ids
 from revsearch.train.evaluate import EvalConfig, evaluate_model, score
 from revsearch.train.trainer import TrainConfig, Trainer
 
@@ -74,6 +74,27 @@ def test_batched_decoding_matches_one_by_one(overfit):
     assert translate(m, tok, []) == []
 
 
+def test_cached_decoding_identical_on_the_trained_checkpoint(overfit):
+    """Incremental decoding of the trained checkpoint: token-identical greedy and beam outputs on every
+    pair, per-step logits within 1e-5 of the uncached decoder (teacher-forced on the references)."""
+    model, tok, _ = load_for_inference(overfit["result"].checkpoints["best"])
+    sources = [tok.encode_src(s) for s, _ in overfit["pairs"]]
+    for beam in (1, 4):
+        cached = translate_ids(model, sources, DecodeConfig(beam_size=beam))
+        assert cached == translate_ids(model, sources, DecodeConfig(beam_size=beam, cached=False))
+    width = max(map(len, sources[:8]))
+    src = torch.tensor([s + [0] * (width - len(s)) for s in sources[:8]])
+    targets = [tok.encode_tgt(t)[:-1] for _, t in overfit["pairs"][:8]]
+    length = min(map(len, targets))
+    tgt = torch.tensor([t[:length] for t in targets])
+    with torch.no_grad():
+        memory, pad = model.encode(src)
+        full = model.decode(tgt, memory, pad)
+        state = model.start_decoding(memory, pad)
+        for t in range(length):
+            torch.testing.assert_close(model.decode_step(tgt[:, t:t + 1], state), full[:, t], atol=1e-5, rtol=0)
+
+
 def test_score_files_and_errors():
     b, c, bsig, _ = score(["the cat sat on the mat"], ["the cat sat on the mat"])
     assert b.score == pytest.approx(100.0) and "tok:13a" in bsig
@@ -100,6 +121,7 @@ def test_cli_translate_stdin_and_file(overfit, monkeypatch, capsys, tmp_path):
     assert cli.main(["translate", "--checkpoint", ckpt, "--input", str(tmp_path / "in.txt"),
                      "--output", str(tmp_path / "out.txt")]) == 0
     assert (tmp_path / "out.txt").read_text(encoding="utf-8") == pairs[3][1] + "\n"
+    assert "translated 1 sentences in" in capsys.readouterr().err   # the speed line goes to stderr
     rc = cli.main(["translate", "--checkpoint", ckpt, "--input", str(tmp_path / "missing.txt")])
     err = capsys.readouterr().err
     assert rc == 2 and err == f"revsearch: error: {tmp_path / 'missing.txt'}: file not found\n"
@@ -114,6 +136,11 @@ def test_cli_evaluate(overfit, monkeypatch, capsys, tmp_path):
     assert rc == 0 and "BLEU signature: nrefs:1|case:mixed" in out
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["bleu"] > 90 and scores["sentences"] == 30
+    assert "decoded 30 sentences in" in out and scores["sentences_per_s"] > 0 and scores["seconds"] > 0
+    rc = cli.main(["evaluate", "--checkpoint", ckpt, "--corpus", str(overfit["dir"] / "corpus"), "--beam", "2",
+                   "--limit", "5", "--uncached", "--json", str(tmp_path / "u.json")])
+    capsys.readouterr()
+    assert rc == 0 and json.loads((tmp_path / "u.json").read_text())["sentences"] == 5
     rc = cli.main(["evaluate", "--hyp", str(tmp_path / "hyp"), "--ref", str(overfit["dir"] / "corpus" / "test.de")])
     assert rc == 0 and f"BLEU = {scores['bleu']:.2f}" in capsys.readouterr().out
     rc = cli.main(["evaluate", "--checkpoint", ckpt])

@@ -11,8 +11,10 @@ def _log(msg: str) -> None:
 
 def _synthetic(args) -> int:
     from ..data.synthetic import SyntheticConfig, write_synthetic
+    from .output_dir import ensure_output_dir
     cfg = SyntheticConfig(train=args.train, valid=args.valid, test=args.test, seed=args.seed,
                           min_words=args.min_words, max_words=args.max_words)
+    ensure_output_dir(args.out)
     out = write_synthetic(args.out, cfg)
     print(f"wrote synthetic en->de corpus to {out}: train {cfg.train}, valid {cfg.valid}, test {cfg.test} "
           f"(seed {cfg.seed})")
@@ -26,6 +28,9 @@ def _import(args) -> int:
                        valid_src=args.valid_src, valid_tgt=args.valid_tgt, test_src=args.test_src,
                        test_tgt=args.test_tgt, valid_size=args.valid_size, test_size=args.test_size,
                        seed=args.seed, clean=CleanConfig(max_words=args.max_words, dedupe=args.dedupe))
+    from .output_dir import ensure_output_dir
+    cfg.check_output(args.out)   # before ensure_output_dir creates anything
+    ensure_output_dir(args.out)
     import_corpus(cfg, args.out, log=print)
     return 0
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 
+from .arg_types import check_device, check_output_file, positive_int
 from .train import add_decode_args, decode_config
 
 
 def _run(args) -> int:
     from ..data.corpus import read_lines
     from ..errors import ConfigError
-    from ..train.evaluate import EvalConfig, evaluate_model, score
+    from ..train.evaluate import EvalConfig, check_tokenizer, evaluate_model, score
+    check_tokenizer(args.tokenize, "--tokenize")
+    check_device(args.device)
+    for option, path in (("--output", args.output), ("--json", args.json)):
+        if path:
+            check_output_file(path, option)
     if args.hyp or args.ref:
         if not (args.hyp and args.ref):
             raise ConfigError("give both --hyp and --ref to score files")
@@ -26,7 +32,8 @@ def _run(args) -> int:
                              splits=(args.split,))
         model, tokenizer, _ = load_for_inference(args.checkpoint, device=args.device)
         res = evaluate_model(model, tokenizer, corpus.splits[args.split],
-                             EvalConfig(decode=decode_config(args), tokenize=args.tokenize, limit=args.limit),
+                             EvalConfig(decode=decode_config(args), tokenize=args.tokenize,
+                                        limit=args.limit or 0),
                              device=args.device)
         out = res.summary()
         out.update(split=args.split, checkpoint=args.checkpoint)
@@ -37,6 +44,9 @@ def _run(args) -> int:
     print(f"chrF2 = {out['chrf']:.2f}")
     print(f"BLEU signature: {out['bleu_signature']}")
     print(f"chrF signature: {out['chrf_signature']}")
+    if "seconds" in out:
+        print(f"decoded {out['sentences']} sentences in {out['seconds']:.1f} s "
+              f"({out['sentences_per_s']:.1f} sentences/s)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)
@@ -50,12 +60,12 @@ def register(subparsers) -> None:
     p.add_argument("--src-lang")
     p.add_argument("--tgt-lang")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N pairs")
     p.add_argument("--hyp", help="score this hypothesis file against --ref instead")
     p.add_argument("--ref")
     p.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer")
     p.add_argument("--output", help="write the hypotheses here")
     p.add_argument("--json", help="write the scores and signatures to this JSON file")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_decode_args(p)
     p.set_defaults(handler=_run)

@@ -11,6 +11,7 @@ def build_rows(tracker, parent_run_id: str):
     the search time and the architecture description; aggregated exactly as the run's own ranking."""
     import tempfile
     from ..orchestration.pipeline import REFERENCES_FILE, hypotheses_from_mlflow
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from ..orchestration.ranking import SeedResult, aggregate
     searches = {run.data.tags.get("revsearch.trial_id", ""): run
                 for run in tracker.children(parent_run_id, kind="search")}
@@ -64,7 +65,7 @@ def _run(args) -> int:
         if not (args.tracking_uri and args.experiment):
             raise RevsearchError("give a sweep CONFIG, or --tracking-uri and --experiment")
         uri, experiment = args.tracking_uri, args.experiment
-    tracker = Tracker(uri, experiment)
+    tracker = Tracker(uri, experiment, create=False)   # a report reads: it creates no database
     parent = args.run_id
     if not parent:
         runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",

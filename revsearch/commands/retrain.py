@@ -7,6 +7,21 @@ import json
 import os
 import sys
 
+from .arg_types import positive_int
+
+
+def genotype_trial_params(sweep, genotype) -> dict:
+    """The hand-made search-trial parameters of a genotype file (``retrain_candidates(partial=True)``):
+    its splits and pooling, and the search width for its split count. ``--hidden`` is not among them: it
+    is the retrain width (``retrain.hidden``) and is never checked against the search space; a space that
+    derives ``hidden`` computes it from its expression."""
+    width = max(1, sweep.search.hidden // sweep.search.splits)
+    params = {"splits": genotype.splits, "pooling": genotype.pooling}
+    hidden_param = sweep.space.get("hidden")
+    if hidden_param is None or hidden_param.sampled:
+        params["hidden"] = genotype.splits * width
+    return params
+
 
 def _run(args) -> int:
     from ..orchestration.data_prep import prepare_data
@@ -23,9 +38,9 @@ def _run(args) -> int:
         sweep.retrain.steps = args.steps
     if args.hidden:
         sweep.retrain.hidden = args.hidden
-    width = max(1, sweep.search.hidden // sweep.search.splits)
-    params = {"splits": genotype.splits, "pooling": genotype.pooling,
-              "hidden": args.hidden or genotype.splits * width}
+    sweep.retrain.random_genotypes = 0   # one genotype (and --baseline), not the sampling baseline of a run
+    sweep.retrain.baseline = bool(args.baseline)   # the size target is the Transformer's count either way
+    params = genotype_trial_params(sweep, genotype)
     chosen = [{"rank_in_search": 1, "trial_id": "manual", "config": params, "genotype": genotype.to_json(),
                "genotype_key": genotype.key(), "search_run_id": "", "search_seconds": 0.0}]
     candidates = retrain_candidates(sweep, chosen, partial=True)
@@ -36,27 +51,36 @@ def _run(args) -> int:
     d = sweep.data
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare_data(d.kind, sweep.storage, synthetic=d.synthetic, path=d.path, src_lang=d.src_lang,
-                            tgt_lang=d.tgt_lang, pair=d.pair, log=log)
+                            tgt_lang=d.tgt_lang, pair=d.pair, log=log, max_words=d.max_len)
     from ..orchestration.tracking import KIND_TAG, Tracker
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(sweep.storage, "mlartifacts"))
     import time
     run_dir = os.path.join(sweep.storage, "retrain-cli", time.strftime("%Y%m%d-%H%M%S"))
-    parent = tracker.start_run(f"retrain {derived['label']}", {KIND_TAG: "retrain-cli"})
+    from ..interrupts import shielded
+    with shielded(deliver=False) as held:   # a Ctrl-C is raised inside the try, which ends the run
+        parent = tracker.start_run(f"retrain {derived['label']}", {KIND_TAG: "retrain-cli"})
     context = {"tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
                "artifact_root": os.path.join(sweep.storage, "mlartifacts"), "parent_run_id": parent,
                "run_dir": run_dir, "seed": sweep.seed, "threads": args.threads,
                "prepared": prepared.to_dict(), "retrain": sweep.retrain.to_dict()}
     status = "FAILED"
     try:
+        held.deliver()
         for c in candidates:
             final = run_retrain(c, context, lambda m: log(json.dumps({k: v for k, v in m.items()
                                                                      if isinstance(v, (int, float))})))
             print(f"{c['label']}: BLEU {final['test_bleu']:.2f} chrF {final['test_chrf']:.2f} "
                   f"params {final['params']:,} ({final['bleu_signature']})")
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: this run and the retrain it was in end KILLED
+        status = "KILLED"
+        with shielded():
+            tracker.end_running_children(parent, "KILLED")
+        raise
     finally:
-        tracker.end_run(parent, status)
+        with shielded():
+            tracker.end_run(parent, status)
     return 0
 
 
@@ -73,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--hidden", type=int, help="override retrain.hidden (model width)")
     p.add_argument("--label", help="name of the MLflow run (default: the genotype file name)")
     p.add_argument("--baseline", action="store_true", help="also train the Transformer baseline")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help="torch CPU threads")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
     p.add_argument("--storage", help="results root (overrides the sweep file)")
     p.set_defaults(handler=_run)

@@ -50,55 +50,87 @@ def load(args):
 
 
 def ensure_storage(sweep, args=None) -> str:
-    """Create the results root if needed and check that it is a writable directory; one ``ConfigError``
-    line naming ``--storage`` or the sweep file's ``storage`` otherwise. Returns the path."""
-    import tempfile
+    """Check that the results root is a writable directory or can be created as one, creating nothing
+    (the run creates it once every check has passed); one ``ConfigError`` line naming ``--storage`` or
+    the sweep file's ``storage`` otherwise. Returns the path."""
     from ..errors import ConfigError
+    from ..orchestration.writable import creatable_problem
     path = sweep.storage
     where = "--storage" if getattr(args, "storage", None) else f"{sweep.source}: storage"
-    if os.path.exists(path) and not os.path.isdir(path):
+    if os.path.isfile(path):
         raise ConfigError(f"{where}: {path} is a file, expected a directory for the results")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot write the results directory {path} "
-                          f"({err.strerror or type(err).__name__})") from None
+    problem = creatable_problem(path)
+    if problem:
+        raise ConfigError(f"{where}: cannot write the results directory {path} ({problem})")
     return path
 
 
 def preflight(sweep, args=None) -> None:
     """Checks before the pipeline creates a run directory or an MLflow run: the results directory is
     writable, ``--resume`` names a run, a Ray address (``--address`` / ``$RAY_ADDRESS``) has a head listening,
-    and the tracking store is usable (server reachable, database driver installed, experiment readable or
-    created). Each failure is one ``ConfigError`` line."""
+    and the tracking store is usable (server reachable, database driver installed, an SQLite database a
+    file that can be created or opened, experiment readable). Nothing is created here. Each failure is
+    one ``ConfigError`` line."""
     from ..errors import ConfigError
     from ..orchestration.pipeline import choose_run_dir
     from ..orchestration.ray_connect import check_ray_address, cluster_address
-    from ..orchestration.tracking import Tracker
+    from ..orchestration.tracking import check_tracking_store
     ensure_storage(sweep, args)
     choose_run_dir(sweep.storage, sweep.name, getattr(args, "resume", None))   # a bad --resume, first
     address, name = cluster_address(getattr(args, "address", None))
     if address:  # a TCP probe: before the tracking store is opened (or created) and before importing Ray
         check_ray_address(address, name)
-    try:
-        Tracker(sweep.tracking_uri, sweep.experiment_name,
-                artifact_root=os.path.join(sweep.storage, "mlartifacts"))
+    try:   # reads only: the database and the experiment are created by the run, after every check
+        check_tracking_store(sweep.tracking_uri, sweep.experiment_name)
     except ConfigError as err:   # name where the URI came from: the option or the sweep file
         where = "--tracking-uri" if getattr(args, "tracking_uri", None) else f"{sweep.source}: tracking.uri"
         raise ConfigError(str(err).replace("tracking.uri", where, 1)) from None
+
+
+def check_trials_fit(sweep, args) -> None:
+    """``run`` / ``search`` on a local Ray: every trial must fit this machine (CPUs, GPUs, memory) before
+    Ray starts; a cluster is checked against its largest node once joined (``run_pipeline``)."""
+    from ..orchestration.capacity import check_local_capacity
+    from ..orchestration.ray_connect import cluster_address
+    if cluster_address(getattr(args, "address", None))[0] is None:
+        check_local_capacity(sweep)
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _run(args) -> int:
+def resume_command(args) -> str:
+    """The command line that continues an interrupted run: the user's own options plus ``--resume``."""
+    import shlex
+    parts = ["revsearch", args.command, args.config]
+    for option in ("address", "tracking_uri", "storage"):
+        if getattr(args, option, None):
+            parts += ["--" + option.replace("_", "-"), getattr(args, option)]
+    parts.append("--resume")
+    if args.resume not in (None, "", "latest"):
+        parts.append(args.resume)
+    return shlex.join(parts)
+
+
+def _pipeline(args, sweep, **kwargs):
+    """``run_pipeline``; a Ctrl-C or SIGTERM (``Interrupted``, runs already ended KILLED) gets the command
+    that continues the run added to its one line."""
+    from ..errors import Interrupted
     from ..orchestration.pipeline import run_pipeline
+    try:
+        return run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, **kwargs)
+    except Interrupted as err:
+        if not str(err):   # stopped before the run existed: nothing to continue
+            raise
+        raise Interrupted(f"{err}; continue it with: {resume_command(args)}", err.signum) from None
+
+
+def _run(args) -> int:
     sweep = load(args)
     preflight(sweep, args)
-    result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log)
+    check_trials_fit(sweep, args)
+    result = _pipeline(args, sweep)
     best = result["best"]
     print(f"best: {best.label}  validation BLEU {best.valid_bleu:.2f} (test {best.test_bleu:.2f})  "
           f"(registered '{sweep.registered_model_name}' v{result['model_version']}, alias 'best')")
@@ -108,10 +140,10 @@ def _run(args) -> int:
 
 
 def _search(args) -> int:
-    from ..orchestration.pipeline import run_pipeline
     sweep = load(args)
     preflight(sweep, args)
-    result = run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, search_only=True)
+    check_trials_fit(sweep, args)
+    result = _pipeline(args, sweep, search_only=True)
     for c in result["candidates"]:
         print(f"{c['label']}: {c.get('genotype_file', '')}")
     return 0

@@ -7,16 +7,20 @@ import sys
 
 
 def add_decode_args(p) -> None:
-    p.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty alpha")
-    p.add_argument("--max-len-ratio", type=float, default=1.5)
-    p.add_argument("--max-len-extra", type=int, default=10)
+    from .arg_types import finite_float, nonnegative_int, positive_float, positive_int
+    p.add_argument("--beam", type=positive_int, default=4, help="beam size (1: greedy)")
+    p.add_argument("--lenpen", type=finite_float, default=1.0, help="length penalty alpha")
+    p.add_argument("--max-len-ratio", type=positive_float, default=1.5)
+    p.add_argument("--max-len-extra", type=nonnegative_int, default=10)
+    p.add_argument("--uncached", action="store_true",
+                   help="re-run the whole prefix at every step (the slow reference path) instead of "
+                        "incremental decoding; same outputs, up to float rounding on near-ties")
 
 
 def decode_config(args):
     from ..train.decoding import DecodeConfig
     return DecodeConfig(beam_size=args.beam, length_penalty=args.lenpen, max_len_ratio=args.max_len_ratio,
-                        max_len_extra=args.max_len_extra)
+                        max_len_extra=args.max_len_extra, cached=not args.uncached)
 
 
 def _run(args) -> int:
@@ -25,6 +29,9 @@ def _run(args) -> int:
     from ..train.baseline import BaselineConfig, model_overrides, run_baseline
     from ..train.evaluate import EvalConfig
     from ..train.trainer import TrainConfig
+    from .output_dir import ensure_output_dir
+    if args.out:  # before SentencePiece and training, not when the first checkpoint is written
+        ensure_output_dir(args.out)
     model = model_overrides(args.size, hidden=args.hidden, embed_dim=args.embed_dim,
                             encoder_layers=args.layers, decoder_layers=args.layers, heads=args.heads,
                             ffn_dim=args.ffn_dim, dropout=args.dropout)

@@ -1,42 +1,68 @@
 """``revsearch translate``: translate lines (stdin or --input) with a checkpoint that embeds its
-SentencePiece model."""
+SentencePiece model.
+
+Everything a user can get wrong is checked before the first sentence is decoded: the options, the
+device, the output folder, that the input is UTF-8, and that no line is longer (in SentencePiece tokens,
+end token included) than the model's ``max_len``. Such a line is refused, naming its number, rather than
+truncated: a silently cut translation would pass for a complete one. Lines are then decoded ``--chunk``
+at a time (sorted by length inside a chunk) and written as each chunk finishes; a progress bar and the
+sentences/s go to stderr.
+"""
 from __future__ import annotations
 
 import sys
 
 from ..errors import DataError
+from .arg_types import check_device, check_output_file, positive_int
 from .train import add_decode_args, decode_config
+
+
+def _stdin_lines():
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"<stdin>: line {line_no}: invalid UTF-8 (byte 0x{raw[err.start]:02x})") from None
+    return text.splitlines()
 
 
 def _run(args) -> int:
     from ..data.corpus import read_lines
     from ..train.checkpoint import load_for_inference
-    from ..train.decoding import translate
-    model, tokenizer, _ = load_for_inference(args.checkpoint, device=args.device)
-    if args.input:
-        lines = read_lines(args.input)
-    else:
-        try:
-            lines = sys.stdin.read().splitlines()
-        except UnicodeDecodeError:
-            raise DataError("<stdin>: input is not valid UTF-8") from None
+    from ..train.decoding import model_max_len, translate_ids
+    from .progress import Progress
     cfg = decode_config(args)
     cfg.max_tokens = args.max_tokens
-    out = []
-    for start in range(0, len(lines), args.chunk):
-        chunk = lines[start:start + args.chunk]
-        nonempty = [i for i, line in enumerate(chunk) if line.strip()]
-        hyps = translate(model, tokenizer, [chunk[i] for i in nonempty], cfg, device=args.device)
-        result = [""] * len(chunk)
-        for i, h in zip(nonempty, hyps):
-            result[i] = h
-        out.extend(result)
-        if not args.output:
-            sys.stdout.write("".join(h + "\n" for h in result))
-            sys.stdout.flush()
+    check_device(args.device)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write("".join(h + "\n" for h in out))
+        check_output_file(args.output)
+    model, tokenizer, _ = load_for_inference(args.checkpoint, device=args.device)
+    source = args.input or "<stdin>"
+    lines = read_lines(args.input) if args.input else _stdin_lines()
+    encoded = [tokenizer.encode_src(line.strip()) if line.strip() else None for line in lines]
+    limit = model_max_len(model)
+    for number, ids in enumerate(encoded, 1):
+        if limit and ids is not None and len(ids) > limit:
+            raise DataError(f"{source}: line {number}: {len(ids)} tokens, longer than the model's max_len "
+                            f"{limit}; split the line (long lines are refused, not truncated)")
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    progress = Progress(sum(ids is not None for ids in encoded))
+    try:
+        for start in range(0, len(lines), args.chunk):
+            chunk = encoded[start:start + args.chunk]
+            nonempty = [i for i, ids in enumerate(chunk) if ids is not None]
+            hyps = translate_ids(model, [chunk[i] for i in nonempty], cfg, device=args.device,
+                                 progress=progress.update)
+            result = [""] * len(chunk)
+            for i, ids in zip(nonempty, hyps):
+                result[i] = tokenizer.decode(ids)
+            out.write("".join(h + "\n" for h in result))
+            out.flush()
+    finally:
+        if args.output:
+            out.close()
+    progress.close()
     return 0
 
 
@@ -45,8 +71,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", help="file to translate, one sentence per line (default stdin)")
     p.add_argument("--output", help="write translations here (default stdout)")
-    p.add_argument("--max-tokens", type=int, default=4096)
-    p.add_argument("--chunk", type=int, default=1000, help="lines decoded (and printed) at a time")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-tokens", type=positive_int, default=4096,
+                   help="source tokens per decoding batch (divided by the beam size)")
+    p.add_argument("--chunk", type=positive_int, default=1000, help="lines decoded (and written) at a time")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_decode_args(p)
     p.set_defaults(handler=_run)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,6 +23,28 @@ from ..errors import DataError
 SPLITS = ("train", "valid", "test")
 META_FILE = "meta.json"
 Pair = Tuple[str, str]
+#: a language code is part of every file name (``train.<code>``): letters, digits, - and _ only, so that
+#: no code can name a path (``/../../x``) outside the corpus directory. The sweep file uses the same rule.
+LANG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")
+
+
+def check_language(code, what: str = "language code") -> str:
+    """``code`` if it is a valid language code, else one ``DataError`` line naming ``what``."""
+    if not isinstance(code, str) or not LANG_RE.match(code):
+        shown = repr(code) if len(repr(code)) <= 60 else repr(code)[:57] + "..."
+        raise DataError(f"{what}: must be a language code such as en (a letter, then up to 15 letters, "
+                        f"digits, - or _), got {shown}")
+    return code
+
+
+def check_corpus_dir(directory) -> None:
+    """A corpus directory that is missing or is a file, said so (not as a missing ``train.en`` inside it)."""
+    if directory is None or os.path.isdir(directory):
+        return
+    if os.path.exists(directory):
+        raise DataError(f"{directory}: is a file, expected a corpus directory holding "
+                        f"{{train,valid,test}}.{{src,tgt}}")
+    raise DataError(f"{directory}: corpus directory not found")
 
 
 @dataclass
@@ -55,7 +78,8 @@ class CorpusConfig:
         if not src or not tgt:
             raise DataError(f"corpus {self.dir or '(explicit paths)'}: source/target languages unknown; "
                             f"give them (--src-lang/--tgt-lang) or add {META_FILE}")
-        return src, tgt
+        where = f"corpus {self.dir or '(explicit paths)'}"
+        return check_language(src, f"{where}: src_lang"), check_language(tgt, f"{where}: tgt_lang")
 
     def paths(self, split: str) -> Tuple[Path, Path]:
         if split not in SPLITS:
@@ -125,6 +149,10 @@ def read_lines(path: os.PathLike) -> List[str]:
     except UnicodeDecodeError as err:
         line_no = raw.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}: line {line_no}: invalid UTF-8 (byte 0x{raw[err.start]:02x})") from None
+    nul = text.find("\x00")
+    if nul >= 0:  # valid UTF-8 but a binary file (or UTF-16): SentencePiece and the tokenizers choke on it
+        raise DataError(f"{path}: line {text.count(chr(10), 0, nul) + 1}: NUL byte (a binary or UTF-16 file?); "
+                        f"expected UTF-8 text")
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = text.split("\n")
@@ -163,14 +191,36 @@ def read_parallel(src_path: os.PathLike, tgt_path: os.PathLike, max_words: Optio
     return pairs, stats
 
 
+#: distinct training pairs the search needs: it splits them, disjoint by content, into a part that
+#: trains the weights and a part that trains the architecture (``batching.split_for_search``)
+MIN_TRAIN_PAIRS = 2
+
+
+def check_training_minimum(pairs: Sequence[Pair], stats: SplitStats, source: str, max_words: int) -> None:
+    """One ``DataError`` line, at load time (``data check``, and before a sweep starts Ray), for a training
+    split the search could not use; it would otherwise fail inside every trial."""
+    distinct = len(set(pairs))
+    if distinct >= MIN_TRAIN_PAIRS:
+        return
+    filtered = (f" after filtering {stats.filtered_long} pair(s) longer than {max_words} words"
+                if stats.filtered_long else "")
+    same = f" ({len(pairs)} identical)" if len(pairs) > distinct else ""
+    raise DataError(f"{source}: {distinct} distinct training pair(s) left{filtered}{same}; the search and "
+                    f"retrain need at least {MIN_TRAIN_PAIRS} (the search splits them into weight and "
+                    f"architecture parts)")
+
+
 def load_corpus(config: CorpusConfig, splits: Sequence[str] = SPLITS) -> Corpus:
     """Load and validate the requested splits. Only ``train`` is length-filtered."""
+    check_corpus_dir(config.dir)
     src_lang, tgt_lang = config.languages()
     corpus = Corpus(src_lang=src_lang, tgt_lang=tgt_lang)
     for split in splits:
         src_p, tgt_p = config.paths(split)
         pairs, stats = read_parallel(src_p, tgt_p, config.max_words if split == "train" else None,
                                      config.empty_lines)
+        if split == "train":
+            check_training_minimum(pairs, stats, str(src_p), config.max_words)
         corpus.splits[split] = pairs
         corpus.stats[split] = stats
         corpus.files[split] = (str(src_p), str(tgt_p))
@@ -215,6 +265,8 @@ def write_split(directory: os.PathLike, split: str, src_lang: str, tgt_lang: str
 def write_corpus(directory: os.PathLike, src_lang: str, tgt_lang: str, splits: Dict[str, Sequence[Pair]],
                  extra_meta: Optional[dict] = None) -> Path:
     """Write a corpus directory (the given splits plus ``meta.json``)."""
+    check_language(src_lang, "source language")
+    check_language(tgt_lang, "target language")
     if src_lang == tgt_lang:
         raise DataError(f"source and target language are both {src_lang!r}")
     directory = Path(directory)

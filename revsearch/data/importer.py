@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ..errors import DataError
-from .corpus import Pair, read_parallel, write_corpus
+from .corpus import Pair, check_language, read_parallel, write_corpus
 from .wmt14 import CleanConfig, clean_pairs, normalize
 
 
@@ -40,8 +40,22 @@ class ImportConfig:
             given = (getattr(self, f"{side}_src"), getattr(self, f"{side}_tgt"))
             if (given[0] is None) != (given[1] is None):
                 raise DataError(f"give both --{side}-src and --{side}-tgt, or neither")
+        check_language(self.src_lang, "--src-lang")
+        check_language(self.tgt_lang, "--tgt-lang")
         if self.src_lang == self.tgt_lang:
             raise DataError(f"source and target language are both {self.src_lang!r}")
+
+    def check_output(self, out_dir: os.PathLike, option: str = "--out") -> None:
+        """Refuse an output directory whose files would overwrite an input file (``--out`` set to the
+        folder holding ``train.en``): the input would be truncated before, or while, it is read."""
+        written = {os.path.realpath(os.path.join(out_dir, f"{split}.{lang}"))
+                   for split in ("train", "valid", "test") for lang in (self.src_lang, self.tgt_lang)}
+        written.add(os.path.realpath(os.path.join(out_dir, "meta.json")))
+        for name in ("src", "tgt", "valid_src", "valid_tgt", "test_src", "test_tgt"):
+            given = getattr(self, name)
+            if given is not None and os.path.realpath(given) in written:
+                raise DataError(f"{option} {out_dir}: would overwrite the input --{name.replace('_', '-')} "
+                                f"{given}; choose another output directory")
 
 
 def _eval_split(src: str, tgt: str) -> List[Pair]:
@@ -50,6 +64,7 @@ def _eval_split(src: str, tgt: str) -> List[Pair]:
 
 
 def import_corpus(config: ImportConfig, out_dir: os.PathLike, log: Callable[[str], None] = print) -> Path:
+    config.check_output(out_dir)
     raw, stats = read_parallel(config.src, config.tgt, max_words=None, empty_lines="skip")
     train, counts = clean_pairs(raw, config.clean)
     counts["empty"] += stats.skipped_empty

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..ops import OpConfig, build_op
+from ..ops.incremental import IncrementalState, supports_incremental
 from ..reversible import MultiSplitCoupling, ReversibleStack
 
 PAD_ID = 0
@@ -83,6 +84,10 @@ class ChosenOpCoupling(nn.Module):
 
     def forward(self, others: Sequence[Tensor], pad_mask=None, memory=None, memory_pad_mask=None):
         return self.op(pool_splits(others, self.pooling), pad_mask, memory, memory_pad_mask)
+
+    def step(self, others: Sequence[Tensor], cache: dict, memory=None, memory_pad_mask=None):
+        """One decoding position (``ops.incremental``): the others are the splits at that position."""
+        return self.op.step(pool_splits(others, self.pooling), cache, memory, memory_pad_mask)
 
 
 class CrossAttentionCoupling(ChosenOpCoupling):
@@ -165,3 +170,34 @@ class SplitEncoderDecoder(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, src_pad_mask = self.encode(src)
         return self.decode(tgt_in, memory, src_pad_mask)
+
+    # --- incremental decoding (ops.incremental): one position at a time, no reconstruction ------------
+    def supports_incremental(self) -> bool:
+        """True for derived models (every coupling function has ``step``); a supernet's mixed nodes
+        have none, and decoding falls back to re-running the prefix."""
+        return all(supports_incremental(g) for layer in self.decoder.layers for g in layer.functions)
+
+    def start_decoding(self, memory: Tensor, src_pad_mask: Tensor) -> IncrementalState:
+        state = IncrementalState()
+        state.extras.update(memory=memory, memory_pad_mask=src_pad_mask)
+        return state
+
+    def decode_step(self, tokens: Tensor, state: IncrementalState) -> Tensor:
+        """Logits ``[B, V]`` after feeding ``tokens`` (``[B, 1]``, the newest token of each row) at
+        position ``state.position``; equals ``decode(prefix)[:, -1]`` to rounding. The reversible stack's
+        layers run forward only, each coupling function on the newest position with its cache."""
+        t = state.position
+        if t >= self.config.max_len:
+            raise ValueError(f"sequence length {t + 1} exceeds max_len {self.config.max_len}")
+        x = self.embed(tokens) * math.sqrt(self.config.embed_dim)
+        x = self.dropout(x + self.positions[t:t + 1].to(x.dtype))
+        splits = list(torch.chunk(self.decoder_in(x), self.config.splits + 1, dim=-1))
+        memory, memory_pad_mask = state.extras["memory"], state.extras["memory_pad_mask"]
+        for layer in self.decoder.layers:
+            for k, g in enumerate(layer.functions):
+                others = [s for j, s in enumerate(splits) if j != k]
+                splits[k] = splits[k] + g.step(others, state.cache(g), memory, memory_pad_mask)
+        h = self.decoder_out(self.decoder_norm(torch.cat(splits, dim=-1)))
+        weight = self.embed.weight if self.config.tie_embeddings else self.output.weight
+        state.position += 1
+        return (h @ weight.t() + self.output_bias)[:, 0]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..ops.incremental import IncrementalState
 
 PAD_ID = 0
 
@@ -128,9 +129,88 @@ class StandardTransformer(nn.Module):
         memory, pad = self.encode(src)
         return self.decode(tgt_in, memory, pad)
 
+    # --- incremental decoding: torch's decoder layer keeps no cache, so the step path below reuses
+    # --- its weights (same parameters, same checkpoint) with keys/values kept per layer
+    def supports_incremental(self) -> bool:
+        return True
+
+    def start_decoding(self, memory: Tensor, src_pad_mask: Tensor) -> IncrementalState:
+        state = IncrementalState()
+        state.extras.update(memory=memory, memory_pad_mask=src_pad_mask)
+        return state
+
+    def decode_step(self, tokens: Tensor, state: IncrementalState) -> Tensor:
+        """Logits ``[B, V]`` after feeding ``tokens`` ``[B, 1]`` at position ``state.position``; equals
+        ``decode(prefix)[:, -1]`` to rounding."""
+        t = state.position
+        emb = self.tgt_embed
+        if t >= emb.positions.size(0):
+            emb.positions = sinusoidal_table(2 * (t + 1), emb.positions.size(1)).to(emb.positions.device)
+        x = emb.dropout(emb.proj(emb.embed(tokens) * emb.scale) + emb.positions[t:t + 1])
+        memory, memory_pad_mask = state.extras["memory"], state.extras["memory_pad_mask"]
+        for layer in self.decoder.layers:
+            x = decoder_layer_step(layer, x, state.cache(layer), memory, memory_pad_mask)
+        if self.decoder.norm is not None:
+            x = self.decoder.norm(x)
+        weight = self.src_embed.embed.weight if self.out_embed is None else self.out_embed.weight
+        state.position += 1
+        return nn.functional.linear(self.out_proj(x), weight, self.out_bias)[:, 0]
+
     def spec(self) -> dict:
         """What a checkpoint needs to rebuild this model (``revsearch.train.checkpoint.build_model``)."""
         return {"builder": "revsearch.models.transformer:build_from_config", "config": asdict(self.config)}
+
+
+def _attention(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor, key_pad: Tensor = None) -> Tensor:
+    """``nn.MultiheadAttention``'s math on projected q [B,1,D], k/v [B,S,D]; key_pad: bool[B,S] or None."""
+    b, tq, d = q.shape
+    heads = mha.num_heads
+    hd = d // heads
+    q = q.view(b, tq, heads, hd).transpose(1, 2)
+    k = k.view(b, -1, heads, hd).transpose(1, 2)
+    v = v.view(b, -1, heads, hd).transpose(1, 2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+    if key_pad is not None:
+        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), mha.dropout, mha.training)
+    out = (probs @ v).transpose(1, 2).reshape(b, tq, d)
+    return nn.functional.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+
+
+def decoder_layer_step(layer: nn.TransformerDecoderLayer, x: Tensor, cache: dict, memory: Tensor,
+                       memory_pad_mask: Tensor) -> Tensor:
+    """``layer(prefix)[:, -1:]`` from the newest position ``x`` [B,1,D]: self-attention keys/values of the
+    earlier positions and the memory's projected keys/values live in ``cache``. Mirrors
+    ``TransformerDecoderLayer.forward`` (both norm placements)."""
+    d = x.shape[-1]
+
+    def self_block(h: Tensor) -> Tensor:
+        sa = layer.self_attn
+        q, k, v = nn.functional.linear(h, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+        if "keys" in cache:
+            k = torch.cat([cache["keys"], k], dim=1)
+            v = torch.cat([cache["values"], v], dim=1)
+        cache["keys"], cache["values"] = k, v
+        return layer.dropout1(_attention(sa, q, k, v))
+
+    def cross_block(h: Tensor) -> Tensor:
+        ca = layer.multihead_attn
+        if "memory_keys" not in cache:
+            kv = nn.functional.linear(memory, ca.in_proj_weight[d:], ca.in_proj_bias[d:])
+            cache["memory_keys"], cache["memory_values"] = kv.chunk(2, dim=-1)
+        q = nn.functional.linear(h, ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+        return layer.dropout2(_attention(ca, q, cache["memory_keys"], cache["memory_values"], memory_pad_mask))
+
+    def ff_block(h: Tensor) -> Tensor:
+        return layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+
+    if layer.norm_first:
+        x = x + self_block(layer.norm1(x))
+        x = x + cross_block(layer.norm2(x))
+        return x + ff_block(layer.norm3(x))
+    x = layer.norm1(x + self_block(x))
+    x = layer.norm2(x + cross_block(x))
+    return layer.norm3(x + ff_block(x))
 
 
 def build_from_config(config: dict) -> StandardTransformer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,6 +69,18 @@ class SelfAttention(nn.Module):
         out = _attend(q, k, v, mask, self.heads, self.dropout, self.training)
         return zero_pads(self.out_proj(out), pad_mask)
 
+    def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
+             memory_pad_mask: Optional[Tensor] = None) -> Tensor:
+        """The newest position attends to itself and the cached keys/values of the earlier ones."""
+        if not self.causal:
+            raise ValueError("incremental step needs causal self-attention")
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        if "keys" in cache:
+            k = torch.cat([cache["keys"], k], dim=1)
+            v = torch.cat([cache["values"], v], dim=1)
+        cache["keys"], cache["values"] = k, v
+        return self.out_proj(_attend(q, k, v, None, self.heads, self.dropout, self.training))
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, causal={self.causal}, dropout={self.dropout}"
 
@@ -107,6 +120,19 @@ class CrossAttention(nn.Module):
         mask = None if memory_pad_mask is None else memory_pad_mask[:, None, None, :]
         out = _attend(q, k, v, mask, self.heads, self.dropout, self.training)
         return zero_pads(self.out_proj(out), pad_mask)
+
+    def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
+             memory_pad_mask: Optional[Tensor] = None) -> Tensor:
+        """Attention of the newest position; the memory's keys/values are projected at the first step
+        of a sentence and kept (they do not change while decoding it)."""
+        if "keys" not in cache:
+            if memory is None:
+                raise ValueError("cross_attn needs memory (the encoder output); got memory=None")
+            cache["keys"], cache["values"] = self.kv_proj(zero_pads(memory, memory_pad_mask)).chunk(2, dim=-1)
+        mask = None if memory_pad_mask is None else memory_pad_mask[:, None, None, :]
+        out = _attend(self.q_proj(h), cache["keys"], cache["values"], mask, self.heads, self.dropout,
+                      self.training)
+        return self.out_proj(out)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, memory_dim={self.memory_dim}, heads={self.heads}, "

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .base import check_inputs, resolve_heads, zero_pads
 from .dropout import dropout as fast_dropout
+from .incremental import append_window
 
 
 def time_padding(kernel_size: int, causal: bool) -> Tuple[int, int]:
@@ -53,6 +54,14 @@ class StandardConv(nn.Module):
         x = F.pad(x, self.padding)                           # [B, C, T + k - 1]
         out = self.conv(x).transpose(1, 2)                   # [B, T, C]
         return zero_pads(out, pad_mask)
+
+    def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
+             memory_pad_mask: Optional[Tensor] = None) -> Tensor:
+        """Output at the newest position from it and the last k - 1 inputs (causal only)."""
+        if not self.causal:
+            raise ValueError("incremental step needs a causal convolution")
+        window = append_window(cache, "inputs", h, self.kernel_size - 1)    # [B, K, C]
+        return self.conv(window.transpose(1, 2)).transpose(1, 2)             # [B, 1, C]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_size={self.kernel_size}, causal={self.causal}"
@@ -117,6 +126,19 @@ class DynamicConv(nn.Module):
         windows = windows.reshape(b, t, self.heads, c // self.heads, self.kernel_size)
         y = torch.einsum("bthck,bthk->bthc", windows, w).reshape(b, t, c)
         return zero_pads(self.output_proj(y), pad_mask)
+
+    def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
+             memory_pad_mask: Optional[Tensor] = None) -> Tensor:
+        """Output at the newest position; the cache holds the last k - 1 *projected* inputs (causal only)."""
+        if not self.causal:
+            raise ValueError("incremental step needs a causal dynamic convolution")
+        b, _, c = h.shape
+        x = self.project_input(h, None)                                        # [B, 1, C]
+        w = self.kernels(x)                                                    # [B, 1, H, K]
+        window = append_window(cache, "inputs", x, self.kernel_size - 1)       # [B, K, C]
+        window = window.transpose(1, 2).reshape(b, self.heads, c // self.heads, self.kernel_size)
+        y = torch.einsum("bhck,bhk->bhc", window, w[:, 0]).reshape(b, 1, c)
+        return self.output_proj(y)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, kernel_size={self.kernel_size}, heads={self.heads}, "

@@ -13,10 +13,13 @@ from torch import Tensor, nn
 
 from .base import check_inputs, zero_pads
 from .dropout import Dropout
+from .incremental import stateless_step
 
 
 class FeedForward(nn.Module):
     """The Transformer FFN: ``Linear(dim, m*dim) -> ReLU -> dropout -> Linear(m*dim, dim)``."""
+
+    step = stateless_step   # position-wise: incremental decoding keeps nothing
 
     def __init__(self, dim: int, multiplier: int = 4, dropout: float = 0.1):
         super().__init__()
@@ -34,6 +37,8 @@ class FeedForward(nn.Module):
 
 class GatedLinearUnit(nn.Module):
     """``GLU(Linear(dim, 2*dim))``: half the projection gates the other half (Dauphin et al. 2017)."""
+
+    step = stateless_step
 
     def __init__(self, dim: int):
         super().__init__()
@@ -55,6 +60,8 @@ class Zero(nn.Module):
     functions in the engine rely on. Its gradient to ``h`` is exactly 0.
     """
 
+    step = stateless_step
+
     def forward(self, h: Tensor, pad_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
                 memory_pad_mask: Optional[Tensor] = None) -> Tensor:
         return zero_pads(h, pad_mask) * 0.0
@@ -62,6 +69,8 @@ class Zero(nn.Module):
 
 class Identity(nn.Module):
     """The ``identity`` op (a skip connection): ``h`` with pad positions zeroed."""
+
+    step = stateless_step
 
     def forward(self, h: Tensor, pad_mask: Optional[Tensor] = None, memory: Optional[Tensor] = None,
                 memory_pad_mask: Optional[Tensor] = None) -> Tensor:

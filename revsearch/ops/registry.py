@@ -12,8 +12,10 @@ recomputes a layer in the backward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -84,6 +86,11 @@ class WrappedOp(nn.Module):
         o = self.op(h, pad_mask, memory, memory_pad_mask)
         # h's pads are zeroed too, so inf/NaN in padding cannot reach the LayerNorm (or its gradient).
         return zero_pads(self.norm(zero_pads(h, pad_mask) + self.dropout(o)), pad_mask)
+
+    def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
+             memory_pad_mask: Optional[Tensor] = None) -> Tensor:
+        """Incremental form (``ops.incremental``): the op's cache is this wrapper's cache."""
+        return self.norm(h + self.dropout(self.op.step(h, cache, memory, memory_pad_mask)))
 
 
 def _conv(k: int) -> Callable[[OpConfig], nn.Module]:
@@ -162,3 +169,17 @@ def validate_op_names(names: Iterable[str], decoder: bool) -> Tuple[str, ...]:
 def op_param_count(name: str, config: OpConfig) -> int:
     """Number of trainable parameters of ``build_op(name, config)`` (wrapper's LayerNorm included)."""
     return sum(p.numel() for p in build_op(name, config).parameters() if p.requires_grad)
+
+
+@lru_cache(maxsize=None)
+def is_parameter_free(name: str) -> bool:
+    """True when op ``name`` itself learns nothing (``zero``, ``identity``): the ops a collapsing DARTS
+    search drifts towards. Asked of the op rather than listed, so a future op (a pooling, say) is
+    classified by what it is. The wrapper's LayerNorm is not counted: it is the same for every learned
+    op and is not what makes an op a "skip"."""
+    # building initialises weights: keep the global RNG untouched, or the first call in a process would
+    # shift every later random number (a search would then not resume bit-for-bit)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        op = build_op(name, OpConfig(dim=8, causal=name in DECODER_ONLY_OPS, heads=2))
+    inner = op.op if isinstance(op, WrappedOp) else op
+    return not any(True for _ in inner.parameters())

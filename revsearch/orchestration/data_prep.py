@@ -37,8 +37,11 @@ def _digest(obj) -> str:
 
 def prepare_data(kind: str, storage: str, *, synthetic: Optional[dict] = None, path: Optional[str] = None,
                  src_lang: Optional[str] = None, tgt_lang: Optional[str] = None,
-                 pair: Optional[str] = None, log: Callable[[str], None] = print) -> PreparedData:
-    """Make the corpus exist on disk and check it loads; returns where it is."""
+                 pair: Optional[str] = None, log: Callable[[str], None] = print,
+                 max_words: int = 250) -> PreparedData:
+    """Make the corpus exist on disk and check it loads with the trials' length filter (``max_words``:
+    the sweep's ``data.max_len``, which trials also apply to words) and still has the training pairs the
+    search needs; returns where it is."""
     storage = os.path.abspath(storage)
     if kind == "synthetic":
         config = SyntheticConfig(**(synthetic or {}))
@@ -61,11 +64,23 @@ def prepare_data(kind: str, storage: str, *, synthetic: Optional[dict] = None, p
         description = f"wmt14 {pair}"
     else:
         raise DataError(f"data.kind: unknown kind {kind!r}; valid: synthetic, corpus, wmt14")
-    corpus = load_corpus(CorpusConfig(dir=corpus_dir, src_lang=src_lang, tgt_lang=tgt_lang))
+    corpus = load_corpus(CorpusConfig(dir=corpus_dir, src_lang=src_lang, tgt_lang=tgt_lang, max_words=max_words))
     for message in corpus.messages():
         log(message)
     cache_dir = os.path.join(storage, "cache")
     return PreparedData(corpus_dir, corpus.src_lang, corpus.tgt_lang, cache_dir, description)
+
+
+def shortest_max_len(sweep) -> int:
+    """The smallest ``max_len`` a trial of ``sweep`` can get (``data.max_len``, or the least value a
+    ``space`` parameter can sample; a derived one is not bounded here): the strictest length filter."""
+    lengths = [sweep.data.max_len]
+    param = sweep.space.get("max_len")
+    if param is not None and param.type == "choice":
+        lengths += [int(v) for v in param.values]
+    elif param is not None and param.low is not None:
+        lengths.append(int(param.low))
+    return min(lengths)
 
 
 @functools.lru_cache(maxsize=4)

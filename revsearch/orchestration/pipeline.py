@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from ..errors import RevsearchError
-from .data_prep import PreparedData, prepare_data
+from ..errors import Interrupted, RevsearchError
+from ..interrupts import fit_interruptibly, shielded
+from .data_prep import PreparedData, prepare_data, shortest_max_len
 from .ray_connect import cluster_address, init_ray
 from .ranking import (RankRow, SeedResult, aggregate, pareto_front, plot_pareto, summary, write_ranking,
                       to_markdown)
@@ -104,6 +105,8 @@ def _resumable_optuna_search():
             return config
 
         def on_trial_result(self, trial_id: str, result: Dict) -> None:
+            if isinstance(self.metric, str) and self.metric not in result:
+                return   # a proxy metric exists only in a trial's last result
             try:
                 super().on_trial_result(trial_id, result)
             except UpdateFinishedTrialError:  # the study already holds this trial's end
@@ -197,6 +200,10 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
     from .trainables import search_trainable
 
     metric, mode = _objective(sweep)
+    from .sweep import PROXY_METRICS
+    if set(metric if isinstance(metric, list) else [metric]) & set(PROXY_METRICS):
+        # Tune refuses a result without the objective; a proxy metric is only in a trial's last result
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
     def build(trainable):
         searcher = _resumable_optuna_search()(space=define_by_run(sweep), metric=metric, mode=mode,
@@ -223,7 +230,9 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
     tuner = _stage_tuner(sweep, search_trainable, context, os.path.join(run_dir, "search"), resume,
                          "stage 1", log, build)
     log(f"stage 1: {sweep.num_samples} search trial(s), at most {sweep.max_concurrent} at a time")
-    results = tuner.fit()
+    results, interrupted = fit_interruptibly(tuner.fit)
+    if interrupted:  # unfinished, not failed: the study keeps them RUNNING for --resume to settle
+        raise Interrupted("stage 1 stopped", interrupted)
     reconcile_study(sweep, run_dir, results, log)
     return results
 
@@ -265,12 +274,23 @@ def select_candidates(sweep, results, log: Callable[[str], None]):
     return candidates, finished, points, front
 
 
-def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = False) -> List[Dict[str, Any]]:
-    """Turn chosen genotypes into retrain trial configs (+ the Transformer baseline). ``partial``: the
-    configs are hand-made (``revsearch retrain``), not Tune trial configs."""
+def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = False,
+                       vocab_size_of: Optional[Callable[[int, str], int]] = None) -> List[Dict[str, Any]]:
+    """Turn chosen genotypes into retrain trial configs, plus the Transformer baseline and
+    ``retrain.random_genotypes`` random genotypes of the first one's space (the sampling baseline). With
+    ``retrain.size.match: params`` every model's width is chosen so that all have the same parameter
+    count (search/sizing.py); each candidate carries ``params`` (its exact count), ``target_params`` and
+    ``param_deviation``. ``partial``: the configs are hand-made (``revsearch retrain``), not Tune trial
+    configs. ``vocab_size_of(requested, spm_model_type)``: the vocabulary SentencePiece really gives
+    (it may give fewer pieces than asked), so the counts are those of the trained models."""
+    from ..search import Genotype
+    from ..search.sampling import sample_genotypes
+    from ..search.sizing import (FFN_RATIO, baseline_heads, derived_param_count, size_derived,
+                                 size_transformer, transformer_param_count)
     from .space import resolve_trial
     r = sweep.retrain
     out = []
+    allow_zero = sweep.search.derive_allow_zero
     for c in chosen:
         settings = resolve_trial(sweep, c["config"], partial=partial)
         s = settings.supernet
@@ -281,24 +301,54 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
                  "tie_embeddings": s["tie_embeddings"]}
         if model["hidden"] % model["splits"]:
             model["hidden"] -= model["hidden"] % model["splits"]
+        if not out:   # the random genotypes are drawn as the first candidate's trial derives
+            allow_zero = settings.search.derive_allow_zero
         out.append({"kind": "derived", "label": f"derived-{c['rank_in_search']}-{c['trial_id']}",
                     "genotype": c["genotype"], "genotype_key": c["genotype_key"],
                     "search_trial_id": c["trial_id"], "search_run_id": c["search_run_id"],
                     "search_seconds": c["search_seconds"], "model": model,
                     "vocab_size": settings.data["vocab_size"], "spm_model_type": settings.data["spm_model_type"],
                     "max_len": settings.data["max_len"]})
-    if r.baseline and out:
-        first = out[0]
-        m = first["model"]
-        heads = max(h for h in range(1, min(8, m["hidden"]) + 1) if m["hidden"] % h == 0)
-        # first in the grid: the baseline is the slowest model, so it overlaps the derived ones
+    if not out:
+        return out
+    first = out[0]
+    m = first["model"]
+    data_keys = {k: first[k] for k in ("vocab_size", "spm_model_type", "max_len")}
+    template = Genotype.from_dict(json.loads(first["genotype"]), source=first["label"])
+    randoms = sample_genotypes(template, r.random_genotypes, sweep.seed, allow_zero=allow_zero,
+                               avoid=[c["genotype_key"] for c in out],
+                               what=f"{sweep.source}: retrain.random_genotypes")
+    for i, genotype in enumerate(randoms, 1):
+        out.append({"kind": "random", "label": f"random-{i}", "genotype": genotype.to_json(),
+                    "genotype_key": genotype.key(), "search_seconds": 0.0,
+                    "model": dict(m, splits=genotype.splits, pooling=genotype.pooling), **data_keys})
+    # the Transformer at the reference width (the first candidate's): also what sets the default target
+    baseline = {"hidden": m["hidden"], "embed_dim": m["embed_dim"], "heads": baseline_heads(m["hidden"]),
+                "encoder_layers": m["encoder_layers"], "decoder_layers": m["decoder_layers"],
+                "dropout": m["dropout"], "ffn_dim": FFN_RATIO * m["hidden"]}
+    if r.baseline:   # first in the grid: the baseline is the slowest model, so it overlaps the derived ones
         out.insert(0, {"kind": "baseline", "label": "transformer-baseline", "genotype": "",
-                    "search_seconds": 0.0,
-                    "model": {"hidden": m["hidden"], "embed_dim": m["embed_dim"], "heads": heads,
-                              "encoder_layers": m["encoder_layers"], "decoder_layers": m["decoder_layers"],
-                              "dropout": m["dropout"]},
-                    "vocab_size": first["vocab_size"], "spm_model_type": first["spm_model_type"],
-                    "max_len": first["max_len"]})
+                       "search_seconds": 0.0, "model": baseline, **data_keys})
+
+    vocab = vocab_size_of or (lambda requested, model_type: requested)
+    size = r.size
+    target = None
+    if size["match"] == "params":
+        target = size["params"] or transformer_param_count(baseline, vocab(first["vocab_size"],
+                                                                           first["spm_model_type"]))
+    for c in out:
+        v = vocab(c["vocab_size"], c["spm_model_type"])
+        genotype = None if c["kind"] == "baseline" else Genotype.from_dict(json.loads(c["genotype"]),
+                                                                           source=c["label"])
+        if target is None:   # match: width, the models keep the reference width
+            c.update(params=(transformer_param_count(c["model"], v) if genotype is None
+                             else derived_param_count(genotype, c["model"], v)),
+                     target_params=None, param_deviation=None)
+            continue
+        what = f"{sweep.source}: retrain.size"
+        sized = (size_transformer(c["label"], c["model"], v, target, size["tolerance"], what) if genotype is None
+                 else size_derived(c["label"], genotype, c["model"], v, target, size["tolerance"], what))
+        c.update(model=sized.model, params=sized.params, target_params=target, param_deviation=sized.deviation)
     return out
 
 
@@ -321,7 +371,10 @@ def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resu
                          "stage 2", log, build)
     log(f"stage 2: retraining {len(candidates)} model(s) x {len(seeds)} seed(s): "
         + ", ".join(c["label"] for c in candidates))
-    return tuner.fit()
+    results, interrupted = fit_interruptibly(tuner.fit)
+    if interrupted:
+        raise Interrupted("stage 2 stopped", interrupted)
+    return results
 
 
 def retrain_seeds(sweep) -> List[int]:
@@ -366,6 +419,7 @@ def seed_results(results, candidates) -> List[SeedResult]:
 def hypotheses_from_mlflow(tracker: Tracker, name: str = "test_hypotheses.txt"):
     """A reader of each retrain run's logged hypotheses (through the tracking server on a cluster)."""
     import tempfile
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file otherwise
 
     def read(result: SeedResult) -> Optional[List[str]]:
         if not result.mlflow_run_id:
@@ -413,9 +467,13 @@ def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable
         raise RevsearchError(f"best model {row.label}: checkpoint {checkpoint!r} not found")
     model, _, _ = load_for_inference(checkpoint)
     with mlflow.start_run(run_id=row.mlflow_run_id):
-        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                        pip_requirements=["torch", "revsearch"])
-        mlflow.log_artifact(checkpoint, "checkpoint")
+        try:
+            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                            pip_requirements=["torch", "revsearch"])
+            mlflow.log_artifact(checkpoint, "checkpoint")
+        except KeyboardInterrupt:  # the retrain had finished; a Ctrl-C here must not leave it FAILED
+            mlflow.end_run("FINISHED")
+            raise
     version = mlflow.register_model(info.model_uri, model_name)
     tracker.client.set_registered_model_alias(model_name, "best", version.version)
     tracker.client.set_model_version_tag(model_name, version.version, "revsearch.label", row.label)
@@ -463,29 +521,35 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
     remote = cluster_address(address)[0] is not None
     if remote:  # a cluster that cannot be joined (wrong token, ...) is reported before minutes of data work
         init_ray(address)
+        from .capacity import check_cluster_capacity
+        check_cluster_capacity(sweep, cluster_address(address)[0])   # trials fit its largest node
     # the data is checked before anything is recorded: a bad corpus leaves no run behind
     d = sweep.data
     prepared: PreparedData = prepare_data(d.kind, storage, synthetic=d.synthetic, path=d.path,
-                                          src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log)
+                                          src_lang=d.src_lang, tgt_lang=d.tgt_lang, pair=d.pair, log=log,
+                                          max_words=shortest_max_len(sweep))
     tracker = Tracker(sweep.tracking_uri, sweep.experiment_name,
                       artifact_root=os.path.join(storage, "mlartifacts"))
     if not remote:
         init_ray(None)
     os.makedirs(run_dir, exist_ok=True)
     run_name = os.path.basename(run_dir)
-    if not state.parent_run_id:
-        state.parent_run_id = tracker.start_run(run_name, {KIND_TAG: "sweep", "revsearch.run_dir": run_dir},
-                                                key=f"sweep:{run_dir}")
-        tracker.log_params(state.parent_run_id, sweep.to_dict())
-        tracker.log_json(state.parent_run_id, sweep.to_dict(), "resolved_config.json")
-        state.save()
-    else:
-        tracker.client.update_run(state.parent_run_id, status="RUNNING")
+    # a Ctrl-C in here would leave a parent run RUNNING and no run_state.json: held back until the try
+    with shielded(deliver=False) as held:
+        if not state.parent_run_id:
+            state.parent_run_id = tracker.start_run(run_name, {KIND_TAG: "sweep", "revsearch.run_dir": run_dir},
+                                                    key=f"sweep:{run_dir}")
+            tracker.log_params(state.parent_run_id, sweep.to_dict())
+            tracker.log_json(state.parent_run_id, sweep.to_dict(), "resolved_config.json")
+            state.save()
+        else:
+            tracker.client.update_run(state.parent_run_id, status="RUNNING")
     log(f"run directory: {run_dir}")
     log(f"MLflow: {mask_secrets(sweep.tracking_uri)} (experiment '{sweep.experiment_name}', "
         f"run {state.parent_run_id})")
     status = "FAILED"
     try:
+        held.deliver()
         threads = max(1, int(sweep.resources.cpu))
         context = {"sweep": sweep.to_dict(), "sweep_source": sweep.source, "prepared": prepared.to_dict(),
                    "tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
@@ -507,7 +571,12 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
                 labels = [r.metrics["trial_id"] for r in finished]
                 path = plot_pareto(points, sorted(front), labels, names, os.path.join(run_dir, "pareto.png"))
                 tracker.log_artifact(state.parent_run_id, path)
-            state.candidates = retrain_candidates(sweep, chosen)
+            state.candidates = retrain_candidates(
+                sweep, chosen, vocab_size_of=lambda size, kind: tokenizer_for(prepared, size, kind).vocab_size)
+            for c in state.candidates:
+                if c.get("target_params"):
+                    log(f"  {c['label']}: {c['params']:,} params ({100 * c['param_deviation']:+.2f}% of the "
+                        f"target {c['target_params']:,}), hidden {c['model']['hidden']}")
             write_genotypes(state.candidates, run_dir)
             state.stage = "retrain"
             state.save()
@@ -546,7 +615,15 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
         status = "FINISHED"
         log(f"ranking: {md}")
         return {"run_dir": run_dir, "ranking_md": md, "ranking_csv": csv_path, "rows": rows,
-                "best": best, "model_version": version, "parent_run_id": state.parent_run_id,
+                "best": best, "model_version": version,
+                "seed_results": seed_results(results, state.candidates), "parent_run_id": state.parent_run_id,
                 **stage_times}
+    except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the run stays resumable, its runs end KILLED
+        status = "KILLED"
+        with shielded():
+            tracker.end_running_children(state.parent_run_id, "KILLED")
+        stopped = f"{err}, " if str(err) else ""
+        raise Interrupted(f"{stopped}the run is saved in {run_dir}", getattr(err, "signum", 2)) from None
     finally:
-        tracker.end_run(state.parent_run_id, status if status == "FINISHED" else "FAILED")
+        with shielded():
+            tracker.end_run(state.parent_run_id, status)

@@ -103,13 +103,16 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
     import ray
     if ray.is_initialized():
         return
+    from ..interrupts import reclaim
     if not address:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        reclaim()   # Ctrl-C / SIGTERM handlers: ray.init() replaced the SIGTERM one
         return
     failure: Optional[BaseException] = None
     with _held_stderr() as output:
         try:
             ray.init(address=address, log_to_driver=True)
+            reclaim()
         except Exception as err:  # noqa: BLE001 - every failure to join becomes one line below
             failure = err
     if failure is not None:

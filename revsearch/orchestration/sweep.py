@@ -13,6 +13,8 @@ import difflib
 import math
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -30,8 +32,12 @@ SYNTHETIC_LANGS = ("en", "de")
 FULL_OP_SET = "full"
 SPACE_TYPES = ("choice", "int", "uniform", "loguniform", "derived")
 #: what the search trainable reports at every report (a sweep's objective must be among these)
-SEARCH_METRICS = ("valid_loss", "train_loss", "arch_loss", "alpha_entropy", "params", "steps_per_s",
-                  "search_seconds", "trial_wall_seconds", "peak_rss_bytes", "cuda_max_allocated_bytes")
+SEARCH_METRICS = ("valid_loss", "train_loss", "arch_loss", "alpha_entropy", "param_free_share", "alpha_margin",
+                  "alpha_margin_min", "params", "steps_per_s",
+                  "search_seconds", "trial_wall_seconds", "peak_rss_bytes", "cuda_max_allocated_bytes",
+                  "proxy_valid_bleu", "proxy_valid_loss")
+#: reported once, at a search trial's end, by its short equal-size retrain (search.proxy_retrain)
+PROXY_METRICS = ("proxy_valid_bleu", "proxy_valid_loss")
 SCHEDULER_TYPES = ("none", "asha")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -51,10 +57,15 @@ class _Bad(Exception):
 
 
 def show(value: Any, limit: int = 60) -> str:
-    """A short one-line repr for messages."""
+    """A short one-line repr for messages. Bounded work: containers are cut before they are rendered
+    (a value built from YAML aliases can stand for billions of elements; its full repr would never end)."""
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict = 3, 8, 8, 8
+    shower.maxset = shower.maxfrozenset = shower.maxdeque = shower.maxarray = 8
+    shower.maxstring = shower.maxother = shower.maxlong = max(limit, 8)
     try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not turn into a traceback
+        text = shower.repr(value)
+    except Exception:  # a broken __repr__ (or an int too long to print) must not turn into a traceback
         text = f"<{type(value).__name__}>"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -209,10 +220,16 @@ class SearchSection(_Section):
     betas: Tuple[float, float] = _SC["betas"]
     alpha_lr: float = _SC["alpha_lr"]
     alpha_weight_decay: float = _SC["alpha_weight_decay"]
+    alpha_betas: Optional[Tuple[float, float]] = _SC["alpha_betas"]   # None: the same as betas
+    alpha_warmup_steps: int = _SC["alpha_warmup_steps"]
     label_smoothing: float = _SC["label_smoothing"]
     clip_norm: float = _SC["clip_norm"]
     second_order: bool = _SC["second_order"]
     finite_difference_scale: float = _SC["finite_difference_scale"]
+    derive_allow_zero: bool = _SC["derive_allow_zero"]
+    # a short equal-size retrain of the trial's genotype at its end (objective proxy_valid_bleu/_loss);
+    # None: none. Keys: PROXY_RULES
+    proxy_retrain: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -300,6 +317,10 @@ class RetrainSection(_Section):
     average_last: int = 1
     validate_every: int = 200
     seeds: Optional[List[int]] = None  # every candidate is retrained once per seed; None: [seed]
+    # equal-size retraining (search/sizing.py): match params (every model sized to one parameter count;
+    # params null = the Transformer baseline's count at the retrain width/depth) or width (same hidden)
+    size: Dict[str, Any] = field(default_factory=lambda: dict(SIZE_DEFAULTS))
+    random_genotypes: int = 0          # the sampling baseline: k uniform random genotypes, same budget
 
 
 @dataclass
@@ -341,24 +362,42 @@ SEARCH_RULES: Dict[str, Rule] = {
     "lr": FLOAT(0.0, low_open=True), "warmup_steps": INT(0), "alpha_lr": FLOAT(0.0, low_open=True),
     "alpha_weight_decay": FLOAT(0.0), "label_smoothing": FRACTION, "clip_norm": FLOAT(0.0),
     "second_order": BOOL, "finite_difference_scale": FLOAT(0.0, low_open=True),
+    "alpha_warmup_steps": INT(0), "derive_allow_zero": BOOL,
 }
 SEARCH_KEYS = tuple(f.name for f in fields(SearchSection))
-#: search settings a space parameter may override (all but the optimizer's betas pair)
-SEARCH_SPACE_KEYS = tuple(k for k in SEARCH_KEYS if k != "betas")
+#: Adam betas pairs: checked by their own code, fixed per sweep (a pair cannot be a space parameter)
+SEARCH_PAIR_KEYS = ("betas", "alpha_betas")
+#: search settings a space parameter may override (all but the optimizers' betas pairs)
+#: search settings that are mappings, checked by their own rules (never space parameters)
+SEARCH_NESTED_KEYS = ("proxy_retrain",)
+SEARCH_SPACE_KEYS = tuple(k for k in SEARCH_KEYS if k not in SEARCH_PAIR_KEYS + SEARCH_NESTED_KEYS)
+PROXY_RULES = {"steps": INT(1), "max_tokens": INT(1, nullable=True), "lr": FLOAT(0.0, low_open=True, nullable=True),
+               "valid_sentences": INT(1), "beam": INT(1)}
+PROXY_DEFAULTS = {"steps": 200, "max_tokens": None, "lr": None, "valid_sentences": 200, "beam": 1}
 assert set(SEARCH_RULES) == set(SEARCH_SPACE_KEYS)
 
 SCHEDULER_RULES = {"type": ONE_OF(*SCHEDULER_TYPES), "grace_period": INT(1),
                    "reduction_factor": FLOAT(1.0, low_open=True), "max_t": INT(1, nullable=True)}
 RESOURCES_RULES = {"cpu": FLOAT(0.0, low_open=True), "gpu": FLOAT(0.0)}
+#: more random genotypes than this is a different experiment (a random search), not a baseline
+MAX_RANDOM_GENOTYPES = 64
 RETRAIN_RULES = {
     "top_k": INT(0), "steps": INT(1, nullable=True), "budget_minutes": FLOAT(0.0, low_open=True, nullable=True),
     "baseline": BOOL, "hidden": INT(1, nullable=True), "encoder_layers": INT(1), "decoder_layers": INT(1),
     "dropout": Rule("float", 0.0, 1.0, high_open=True, nullable=True), "label_smoothing": FRACTION,
     "lr": FLOAT(0.0, low_open=True), "warmup_steps": INT(0), "max_tokens": INT(1), "beam": INT(1),
     "length_penalty": FLOAT(0.0), "average_last": INT(1), "validate_every": INT(0),
+    "random_genotypes": INT(0, MAX_RANDOM_GENOTYPES),
 }
+#: search trials of one sweep (each trains a supernet; Tune keeps every trial's state in memory)
+MAX_NUM_SAMPLES = 10_000
+#: values of one ``choice`` parameter (the load-time combination check and Optuna enumerate them)
+MAX_CHOICE_VALUES = 10_000
 #: retrain keys checked by their own code instead of a one-value rule
-RETRAIN_NESTED_KEYS = ("seeds",)
+RETRAIN_NESTED_KEYS = ("seeds", "size")
+SIZE_RULES = {"match": ONE_OF("params", "width"), "params": INT(1, nullable=True),
+              "tolerance": FLOAT(0.0, 1.0, low_open=True, high_open=True)}
+SIZE_DEFAULTS = {"match": "params", "params": None, "tolerance": 0.03}
 MAX_SEEDS = 32
 TOP_KEYS = ("name", "seed", "storage", "data", "search", "op_sets", "space", "objective", "num_samples",
             "max_concurrent", "scheduler", "resources", "retrain", "tracking")
@@ -383,6 +422,10 @@ def search_problem(values: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
     if values["checkpoint_every"] % values["report_every"]:
         return "checkpoint_every", (f"must be a multiple of search.report_every ({values['report_every']}), "
                                     f"got {values['checkpoint_every']}")
+    if values["alpha_warmup_steps"] >= values["steps"]:
+        return "alpha_warmup_steps", (f"must be < search.steps ({values['steps']}): α would never move and "
+                                      f"the genotype would be the argmax of its random init, "
+                                      f"got {values['alpha_warmup_steps']}")
     return None
 
 
@@ -509,9 +552,63 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: a sweep file is a few KB; these bound what reading one may cost (memory and time) whatever it holds
+MAX_SWEEP_BYTES = 1 << 20
+#: YAML nodes after expanding aliases: ~100 in a real sweep, ~10,000 with the largest choice allowed
+MAX_YAML_NODES = 200_000
+
+
+def _expanded_nodes(root: yaml.Node, budget: int) -> int:
+    """How many nodes the document has with every alias expanded (an anchor used n times counts n
+    times), computed over the shared node graph without expanding it; stops counting past ``budget``.
+    Raises ``ValueError`` for a recursive alias (an anchor used inside itself)."""
+    done: Dict[int, int] = {}
+    open_nodes = set()            # expanded but not finished: exactly the path from the root
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        if key in done:
+            stack.pop()
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if key not in open_nodes:
+            open_nodes.add(key)
+            for child in children:
+                if id(child) in open_nodes:
+                    raise ValueError(f"recursive alias at line {child.start_mark.line + 1}: an anchor is "
+                                     f"used inside its own value")
+                if id(child) not in done:
+                    stack.append(child)
+            continue
+        open_nodes.discard(key)
+        done[key] = min(budget + 1, 1 + sum(done[id(c)] for c in children))
+        stack.pop()
+    return done[id(root)]
+
+
 def parse_yaml_text(text: str, source: str) -> Any:
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)   # the reader checks the characters here already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            count = _expanded_nodes(node, MAX_YAML_NODES)
+        except ValueError as e:
+            raise ConfigError(f"{source}: invalid YAML: {e}") from None
+        if count > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: invalid YAML: more than {MAX_YAML_NODES:,} values (with every alias "
+                              f"*name expanded); a sweep file has a few hundred") from None
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -521,20 +618,41 @@ def parse_yaml_text(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     except Exception as e:  # ReaderError (control characters), constructor ValueErrors, ...
         raise ConfigError(f"{source}: invalid YAML: {_one_line(e) or type(e).__name__}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_sweep(path: Union[str, os.PathLike]) -> SweepConfig:
     """Read, validate and resolve a sweep file. Relative paths inside resolve against its directory."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: opening a FIFO without a writer returns at once instead of blocking forever; only a
+        # regular file is read, and never more than MAX_SWEEP_BYTES (/dev/zero would fill the memory)
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ConfigError(f"{source}: sweep file not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{source}: is a directory, expected a sweep YAML file") from None
     except OSError as e:
         raise ConfigError(f"{source}: cannot read sweep file: {_one_line(e.strerror or e)}") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise ConfigError(f"{source}: is a directory, expected a sweep YAML file")
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                    else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a regular file")
+            raise ConfigError(f"{source}: is {kind}, expected a sweep YAML file (a regular file)")
+        try:
+            raw = f.read(MAX_SWEEP_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read sweep file: {_one_line(e.strerror or e)}") from None
+    if len(raw) > MAX_SWEEP_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_SWEEP_BYTES // 1024} KiB; a sweep file is a few KB "
+                          f"(is this the right file?)")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -632,9 +750,10 @@ class _Validator:
         search = self.search(data.get("search"), op_sets)
         space = self.space(data.get("space"), search, data_section, op_sets)
         objective = self.objective(data.get("objective"))
-        num_samples = self.check(INT(1), data.get("num_samples", 4), ("num_samples",))
+        num_samples = self.check(INT(1, MAX_NUM_SAMPLES), data.get("num_samples", 4), ("num_samples",))
         max_concurrent = self.check(INT(1), data.get("max_concurrent", 2), ("max_concurrent",))
         scheduler = self.scheduler(data.get("scheduler"))
+        self.proxy_objective(objective, search, scheduler)
         resources = ResourcesSection(**self.section(
             self.mapping(data.get("resources"), ("resources",), tuple(RESOURCES_RULES)), ("resources",),
             RESOURCES_RULES, {"cpu": 1.0, "gpu": 0.0}))
@@ -732,10 +851,19 @@ class _Validator:
         defaults = {f.name: f.default for f in fields(SearchSection)}
         values = self.section(m, p, SEARCH_RULES, defaults)
         self.op_set_ref(values["op_set"], op_sets, p + ("op_set",))
-        betas = m.get("betas", defaults["betas"])
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise self.err(p + ("betas",), f"must be a list of two numbers in [0, 1), got {show(betas)}")
-        values["betas"] = tuple(self.check(FRACTION, b, p + ("betas", i)) for i, b in enumerate(betas))
+        for key in SEARCH_PAIR_KEYS:
+            pair = m.get(key, defaults[key])
+            if pair is None and key == "alpha_betas":   # null: α uses θ's betas
+                values[key] = None
+                continue
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                null = "null (the same as betas) or " if key == "alpha_betas" else ""
+                raise self.err(p + (key,), f"must be {null}a list of two numbers in [0, 1), got {show(pair)}")
+            values[key] = tuple(self.check(FRACTION, b, p + (key, i)) for i, b in enumerate(pair))
+        raw_proxy = m.get("proxy_retrain")
+        if raw_proxy is not None:
+            pm = self.mapping(raw_proxy, p + ("proxy_retrain",), tuple(PROXY_RULES))
+            values["proxy_retrain"] = self.section(pm, p + ("proxy_retrain",), PROXY_RULES, PROXY_DEFAULTS)
         problem = search_problem(values)
         if problem:
             raise self.err(p + (problem[0],), problem[1])
@@ -817,7 +945,12 @@ class _Validator:
     def choice_values(self, values: Any, path: Tuple, rule: Optional[Rule], name: str, op_sets: dict) -> list:
         if not isinstance(values, list) or not values:
             raise self.err(path, f"must be a non-empty list, got {show(values)}")
+        if len(values) > MAX_CHOICE_VALUES:
+            raise self.err(path, f"{len(values):,} values; at most {MAX_CHOICE_VALUES:,} (a space this large "
+                                 f"cannot be enumerated or usefully searched; use type int, uniform or "
+                                 f"loguniform for a range)")
         out = []
+        seen = set()   # hashable scalars; set membership is == (1 == 1.0 == True), like the rule below
         for i, v in enumerate(values):
             if v is not None and not isinstance(v, (bool, int, float, str)):
                 raise self.err(path + (i,), f"must be null, a boolean, a number or a string, got {show(v)}")
@@ -829,8 +962,9 @@ class _Validator:
                 self.check(rule, v, path + (i,))
                 if name == "op_set":
                     self.op_set_ref(v, op_sets, path + (i,))
-            if any(u == v for u in out):
+            if v in seen:
                 raise self.err(path + (i,), f"duplicate value {show(v)} (equal to an earlier one)")
+            seen.add(v)
             out.append(v)
         return out
 
@@ -927,6 +1061,22 @@ class _Validator:
             raise self.err(p + ("mode",), "must be min or max (a list only with a list of metrics)")
         return ObjectiveSection(metric=metric, mode=self.check(mode_rule, mode, p + ("mode",)))
 
+    def proxy_objective(self, objective: "ObjectiveSection", search: SearchSection,
+                        scheduler: "SchedulerSection") -> None:
+        """A proxy metric exists only at a trial's end: it needs the proxy retrain, and ASHA (which
+        compares trials at intermediate reports) cannot use it."""
+        metrics = objective.metric if isinstance(objective.metric, list) else [objective.metric]
+        proxy = [m for m in metrics if m in PROXY_METRICS]
+        if not proxy:
+            return
+        if search.proxy_retrain is None:
+            raise self.err(("objective", "metric"), f"{proxy[0]} needs search.proxy_retrain (a short "
+                                                    f"equal-size retrain at the end of every search trial), "
+                                                    f"e.g. proxy_retrain: {{steps: 200}}")
+        if scheduler.type == "asha":
+            raise self.err(("scheduler", "type"), f"asha stops trials on intermediate reports, but "
+                                                  f"{proxy[0]} is reported only at a trial's end; use none")
+
     def scheduler(self, raw: Any) -> SchedulerSection:
         p = ("scheduler",)
         m = self.mapping(raw, p, tuple(SCHEDULER_RULES))
@@ -949,6 +1099,7 @@ class _Validator:
         defaults = {f.name: f.default for f in fields(RetrainSection)}
         values = self.section(m, p, RETRAIN_RULES, defaults)
         values["seeds"] = self.seed_list(m.get("seeds"), p + ("seeds",))
+        values["size"] = self.size(m.get("size"), p + ("size",))
         if values["top_k"] > num_samples:
             raise self.err(p + ("top_k",), f"must be <= num_samples ({num_samples}), got {values['top_k']}")
         if values["steps"] is None and values["budget_minutes"] is None:
@@ -966,6 +1117,13 @@ class _Validator:
                     raise self.err(p + ("hidden",), f"must be divisible by every possible split count "
                                                     f"(search.splits can be {n}), got {hidden}")
         return RetrainSection(**values)
+
+    def size(self, raw: Any, path: Tuple) -> Dict[str, Any]:
+        m = self.mapping(raw, path, tuple(SIZE_RULES))
+        values = self.section(m, path, SIZE_RULES, SIZE_DEFAULTS)
+        if values["match"] == "width" and values["params"] is not None:
+            raise self.err(path + ("params",), "only used with retrain.size.match: params (match is width)")
+        return values
 
     def seed_list(self, raw: Any, path: Tuple) -> Optional[List[int]]:
         if raw is None:

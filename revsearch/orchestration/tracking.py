@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import ConfigError
 
@@ -131,15 +131,90 @@ def check_tracking_uri(tracking_uri: str) -> None:
                           f"({mask_secrets(text)}); start it or fix the URI") from None
 
 
+def sqlite_path(tracking_uri: str) -> Optional[str]:
+    """The database file of a ``sqlite:`` URI (None for an in-memory database or another scheme)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    rest = tracking_uri[len("sqlite:"):].split("?", 1)[0]
+    if not rest.startswith("///"):
+        return None                        # sqlite:// : in memory
+    path = rest[3:]
+    return None if path in ("", ":memory:") else path
+
+
+def _check_sqlite(tracking_uri: str) -> None:
+    """The database file of a ``sqlite:`` URI exists as an SQLite file, or can be created (MLflow creates
+    it and its folders on first use; here nothing is created). Without this, a directory given as the
+    database costs ~2 minutes of MLflow's retries before its error."""
+    import sqlite3
+    from .writable import creatable_problem
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    shown = mask_secrets(tracking_uri)
+    if os.path.isdir(path):
+        raise ConfigError(f"tracking.uri: {shown!r} names a directory; give the database file, e.g. "
+                          f"sqlite:///{os.path.join(path, 'mlflow.db')}")
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise ConfigError(f"tracking.uri: {shown!r}: {path} is a broken symbolic link (or a link loop)")
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"tracking.uri: {shown!r}: {path} is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"tracking.uri: {shown!r}: cannot read and write {path} (permission denied)")
+        try:   # read only: a look, not a write
+            con = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+            try:
+                con.execute("select count(*) from sqlite_master").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error as err:
+            raise ConfigError(f"tracking.uri: {shown!r}: {path} is not an SQLite database ({err})") from None
+        return
+    problem = creatable_problem(os.path.dirname(os.path.abspath(path)))
+    if problem:
+        raise ConfigError(f"tracking.uri: {shown!r}: cannot create the database {path} ({problem})")
+
+
+def check_tracking_store(tracking_uri: str, experiment: str) -> None:
+    """Everything ``Tracker`` needs, checked without creating anything: the URI (``check_tracking_uri``),
+    an SQLite file that exists as a database or can be created, and for a server or another database a
+    read of the experiment (the store is reachable and its driver installed). One ``ConfigError`` line."""
+    check_tracking_uri(tracking_uri)
+    if tracking_uri.startswith("sqlite:"):
+        _check_sqlite(tracking_uri)
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+        MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
+    except Exception as err:  # noqa: BLE001 - any failure to reach the store is one user-facing line
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"tracking.uri: cannot use MLflow tracking URI {mask_secrets(tracking_uri)!r}: "
+                          f"{type(err).__name__}: {mask_secrets(first)}") from None
+
+
 def default_tracking_uri(storage: str) -> str:
     return "sqlite:///" + os.path.join(os.path.abspath(storage), "mlflow.db")
+
+
+class _MissingExperiment(Exception):
+    pass
 
 
 class Tracker:
     """Thin, explicit wrapper of ``MlflowClient`` bound to one experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Optional[str] = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Optional[str] = None,
+                 create: bool = True):
+        """``create=False``: only read (``revsearch report``): a missing SQLite database or experiment is a
+        ``ConfigError`` instead of being created."""
         check_tracking_uri(tracking_uri)
+        if not create:
+            _check_sqlite(tracking_uri)
+            path = sqlite_path(tracking_uri)
+            if path is not None and not os.path.exists(path):
+                raise ConfigError(f"tracking.uri: no MLflow database at {path} (nothing has been tracked "
+                                  f"there yet)")
         self.tracking_uri, self.experiment_name = tracking_uri, experiment
         # a new SQLite store announces its schema migration on stderr; keep the CLI's output to our lines
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -151,6 +226,8 @@ class Tracker:
             mlflow.set_tracking_uri(tracking_uri)
             self.client = MlflowClient(tracking_uri=tracking_uri)
             found = self.client.get_experiment_by_name(experiment)
+            if found is None and not create:
+                raise _MissingExperiment()
             if found is None:
                 location = None
                 if artifact_root and tracking_uri.startswith("sqlite:"):
@@ -160,6 +237,9 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = found.experiment_id
+        except _MissingExperiment:
+            raise ConfigError(f"tracking.uri: {mask_secrets(tracking_uri)!r} has no experiment "
+                              f"{experiment!r}") from None
         except Exception as err:  # noqa: BLE001 - any failure to reach the store is one user-facing line
             first = (str(err).strip().splitlines() or [""])[0][:200]
             raise ConfigError(f"tracking.uri: cannot use MLflow tracking URI {mask_secrets(tracking_uri)!r}: "
@@ -236,3 +316,13 @@ class Tracker:
         if kind:
             clauses += f" and tags.`{KIND_TAG}` = '{kind}'"
         return self.client.search_runs([self.experiment_id], filter_string=clauses, max_results=1000)
+
+    def end_running_children(self, parent: str, status: str = "KILLED") -> List[str]:
+        """End every child of ``parent`` still RUNNING (trials a Ctrl-C stopped before they could end
+        their own run); returns their ids. A resumed trial reopens its run."""
+        ended = []
+        for run in self.children(parent):
+            if run.info.status == "RUNNING":
+                self.end_run(run.info.run_id, status)
+                ended.append(run.info.run_id)
+        return ended

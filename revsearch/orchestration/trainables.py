@@ -18,11 +18,12 @@ from typing import Any, Callable, Dict
 import torch
 
 from ..models.split_seq2seq import SplitSeq2SeqConfig
-from ..models.transformer import StandardTransformer, TransformerConfig, count_parameters
+from ..models.transformer import StandardTransformer, count_parameters
 from ..search import BilevelSearch, Genotype, Supernet, SupernetConfig, build_derived_model
 from ..search.derive import derived_spec
 from ..search.loop import SearchData, SearchLoop
-from ..search.plots import plot_alpha_heatmap, plot_cell
+from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cell
+from ..search.sizing import derived_model_config, transformer_config
 from .data_prep import PreparedData, encoded_data, search_split
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
 
@@ -135,31 +136,44 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
         if loop.step < settings.steps:
             loop.run(settings.steps, settings.report_every, on_report)
         genotype = loop.genotype()
+        if sweep.search.proxy_retrain is not None:
+            from .proxy import proxy_retrain
+            proxy = proxy_retrain(sweep, config, genotype, data, trial_id)
+            tracker.log_metrics(run_id, proxy, settings.steps)
+            # the trial's last result: every metric it reported last (read back, so a trial restored after
+            # its search finished has them too) plus the proxy's, which the objective may name
+            last = dict(tracker.client.get_run(run_id).data.metrics, **proxy)
+            tune.report(dict(last, genotype=genotype.to_json(), genotype_key=genotype.key(), mlflow_run_id=run_id))
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "genotype.json")
             genotype.save(path)
             tracker.log_artifact(run_id, path)
             tracker.log_artifact(run_id, plot_alpha_heatmap(genotype, os.path.join(directory, "alpha_heatmap.png"),
                                                             title=f"softmax(α), trial {trial_id}"))
+            tracker.log_artifact(run_id, plot_alpha_trajectories(
+                loop.trajectory, genotype, os.path.join(directory, "alpha_trajectories.png"),
+                title=f"softmax(α) over the search, trial {trial_id}",
+                alpha_warmup_steps=settings.search.alpha_warmup_steps))
             tracker.log_artifact(run_id, plot_cell(genotype, os.path.join(directory, "derived_cell.png")))
         tracker.set_tags(run_id, {"revsearch.genotype": genotype.describe()[:5000]})
         status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Tune stopping the trial (sys.exit in report()), Ctrl-C
+        status = "KILLED"
+        raise
     finally:
         tracker.end_run(run_id, status)
 
 
 # ----------------------------------------------------------------------------------------- stage 2
 def build_retrain_model(candidate: Dict[str, Any], vocab_size: int):
-    """(model, spec) for a derived genotype or the Transformer baseline of the same e/d/depth."""
+    """(model, spec) for a derived or random genotype or the Transformer baseline, built from the
+    candidate's ``model`` dict exactly as ``search.sizing`` counted it (``ffn_dim`` absent: 4 × hidden)."""
     m = candidate["model"]
     if candidate["kind"] == "baseline":
-        config = TransformerConfig(vocab_size=vocab_size, embed_dim=m["embed_dim"], hidden=m["hidden"],
-                                   encoder_layers=m["encoder_layers"], decoder_layers=m["decoder_layers"],
-                                   heads=m["heads"], ffn_dim=4 * m["hidden"], dropout=m["dropout"])
-        model = StandardTransformer(config)
+        model = StandardTransformer(transformer_config(m, vocab_size))
         return model, model.spec()
     genotype = Genotype.from_dict(json.loads(candidate["genotype"]), source=candidate["label"])
-    config = SplitSeq2SeqConfig(vocab_size=vocab_size, mode="plain", **m)
+    config = derived_model_config(m, vocab_size)
     return build_derived_model(genotype, config), derived_spec(genotype, config)
 
 
@@ -172,12 +186,15 @@ def retrain_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
 #: metrics a finished retrain run reports (read back from MLflow when Tune reruns a finished trial)
 RETRAIN_FINAL_METRICS = ("valid_bleu", "valid_chrf", "test_bleu", "test_chrf", "params", "target_params",
                          "train_seconds", "train_steps", "tokens_per_s", "best_valid_nll", "decode_seconds",
-                         "seed")
+                         "decode_sentences_per_s", "seed")
 
 
 def describe_genotype(genotype_json: str) -> str:
     """The one-line architecture text of rankings and MLflow tags (bounded: tags hold 5,000 chars)."""
-    return Genotype.from_dict(json.loads(genotype_json)).describe()[:5000]
+    from ..search.collapse import decoder_lacks_target_context
+    genotype = Genotype.from_dict(json.loads(genotype_json))
+    flag = " (decoder mixes no target positions)" if decoder_lacks_target_context(genotype) else ""
+    return (genotype.describe() + flag)[:5000]
 
 
 def retrain_key(label: str, seed: int) -> str:
@@ -192,7 +209,7 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
     MLflow run. Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``)."""
     from ..train.evaluate import EvalConfig, evaluate_model
     from ..train.decoding import DecodeConfig
-    from ..train.trainer import TrainConfig, Trainer
+    from ..train.trainer import TrainConfig, Trainer, load_evaluated_weights
 
     torch.set_num_threads(max(1, int(context.get("threads", 1))))
     seed = int(context["seed"] if seed is None else seed)
@@ -244,6 +261,8 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
         trainer = Trainer(model, data.train, data.valid, train_config,
                           spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report)
         result = trainer.train()
+        # average_last > 1: the average of the last k checkpoints is what is scored and registered
+        checkpoint = load_evaluated_weights(model, result)
         # one decoder setting for both sets: validation decides, test only reports
         eval_config = EvalConfig(decode=DecodeConfig(beam_size=retrain["beam"],
                                                      length_penalty=retrain["length_penalty"]))
@@ -253,13 +272,17 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
                  "test_bleu": evaluation.bleu, "test_chrf": evaluation.chrf, "params": params,
                  "train_seconds": result.elapsed_s, "train_steps": result.steps,
                  "tokens_per_s": result.tokens_per_s, "best_valid_nll": result.best_valid_nll,
-                 "decode_seconds": validation.seconds + evaluation.seconds, "seed": seed}
+                 "decode_seconds": validation.seconds + evaluation.seconds, "seed": seed,
+                 # decoding speed of both sets together (cached beam search unless configured otherwise)
+                 "decode_sentences_per_s": (validation.sentences + evaluation.sentences)
+                 / max(validation.seconds + evaluation.seconds, 1e-9)}
         if candidate.get("target_params"):
             final["target_params"] = candidate["target_params"]
         tracker.log_metrics(run_id, final, result.steps)
         tracker.set_tags(run_id, {"revsearch.bleu_signature": evaluation.bleu_signature,
                                   "revsearch.chrf_signature": evaluation.chrf_signature,
-                                  "revsearch.checkpoint": result.checkpoints.get("best", "")})
+                                  "revsearch.checkpoint": checkpoint,
+                                  "revsearch.evaluated_weights": "avg" if "avg" in result.checkpoints else "best"})
         with tempfile.TemporaryDirectory() as directory:
             for name, ev in (("valid_hypotheses.txt", validation), ("test_hypotheses.txt", evaluation)):
                 hyp = os.path.join(directory, name)
@@ -274,9 +297,12 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
                 tracker.log_artifact(run_id, path)
         tracker.log_json(run_id, result.history, "training_curve.json")
         final = dict(final, label=label, mlflow_run_id=run_id, bleu_signature=evaluation.bleu_signature,
-                     checkpoint_path=result.checkpoints.get("best", ""))
+                     checkpoint_path=checkpoint)
         report(final)
         status = "FINISHED"
         return final
+    except (KeyboardInterrupt, SystemExit):  # Tune stopping the trial, Ctrl-C or SIGTERM: resumable
+        status = "KILLED"
+        raise
     finally:
         tracker.end_run(run_id, status)

@@ -4,17 +4,23 @@ training data and one θ step on the weight part.
 First-order DARTS by default. ``second_order=True`` uses the DARTS unrolled approximation: α's gradient
 is taken at a virtual θ' = θ − ξ∇θ L_w(θ, α), with the Hessian-vector term replaced by a finite
 difference (Liu et al. 2019, eq. 7–8). θ and α have separate optimizers; α is never in θ's.
+
+``alpha_warmup_steps`` is the DARTS practice against early collapse (method.md, "What makes a search
+result mean something"): for the first N steps only θ trains, so α is not pushed towards parameter-free
+ops while every learned op is still a random function. During warm-up the α step is skipped entirely
+(no forward on the architecture batch, no α optimizer step): α stays bit-identical.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..models.split_seq2seq import PAD_ID
 from ..train.schedule import InverseSqrtSchedule
 from .supernet import Supernet
@@ -30,10 +36,29 @@ class SearchConfig:
     betas: Tuple[float, float] = (0.9, 0.98)
     alpha_lr: float = 3e-4           # α: Adam(0.9, 0.98), fixed lr, weight decay 1e-3
     alpha_weight_decay: float = 1e-3
+    alpha_betas: Optional[Tuple[float, float]] = None   # None: the same as ``betas``
+    alpha_warmup_steps: int = 0      # θ-only steps before α starts moving (0: α moves from step 1)
     label_smoothing: float = 0.1
     clip_norm: float = 0.0           # 0 disables clipping of θ's gradient
     second_order: bool = False
     finite_difference_scale: float = 0.01
+    derive_allow_zero: bool = False  # deriving the genotype: may a node keep ``zero``? (DARTS: never)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha_warmup_steps, bool) or not isinstance(self.alpha_warmup_steps, int) \
+                or self.alpha_warmup_steps < 0:
+            raise ConfigError(f"alpha_warmup_steps must be an integer >= 0, got {self.alpha_warmup_steps!r}")
+        for name in ("betas", "alpha_betas"):
+            pair = getattr(self, name)
+            if pair is None and name == "alpha_betas":
+                continue
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in pair):
+                raise ConfigError(f"{name} must be two numbers in [0, 1), got {pair!r}")
+            setattr(self, name, (float(pair[0]), float(pair[1])))
+
+    def alpha_adam_betas(self) -> Tuple[float, float]:
+        return self.betas if self.alpha_betas is None else self.alpha_betas
 
 
 def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
@@ -63,7 +88,8 @@ class BilevelSearch:
         self.weights = supernet.weight_parameters()
         self.alphas = supernet.arch_parameters()
         self.weight_optimizer = torch.optim.Adam(self.weights, lr=config.lr, betas=config.betas)
-        self.alpha_optimizer = torch.optim.Adam(self.alphas, lr=config.alpha_lr, betas=config.betas,
+        self.alpha_optimizer = torch.optim.Adam(self.alphas, lr=config.alpha_lr,
+                                                betas=config.alpha_adam_betas(),
                                                 weight_decay=config.alpha_weight_decay)
         self.schedule = InverseSqrtSchedule(config.lr, config.warmup_steps)
         self.step_count = 0
@@ -75,20 +101,28 @@ class BilevelSearch:
     def current_lr(self) -> float:
         return self.schedule(self.step_count + 1)
 
+    def alpha_frozen(self) -> bool:
+        """True while the next step is a θ-only warm-up step."""
+        return self.step_count < self.config.alpha_warmup_steps
+
     def step(self, weight_batch: Batch, arch_batch: Batch) -> Dict[str, float]:
-        """One α step then one θ step. Returns losses and the θ learning rate used."""
+        """One α step then one θ step (θ only during the α warm-up). Returns losses and the θ learning
+        rate used; ``arch_loss`` is NaN on a warm-up step, where no architecture loss is computed."""
         self.model.train()
         lr = self.current_lr()
-        if self.config.second_order:
-            arch_loss = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
+        if self.alpha_frozen():
+            arch_loss = torch.tensor(float("nan"))
         else:
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            with frozen(self.weights):
-                arch_loss = self.loss(arch_batch)
-                grads = torch.autograd.grad(arch_loss, self.alphas)
-            for a, g in zip(self.alphas, grads):
-                a.grad = g
-        self.alpha_optimizer.step()
+            if self.config.second_order:
+                arch_loss = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
+            else:
+                self.alpha_optimizer.zero_grad(set_to_none=True)
+                with frozen(self.weights):
+                    arch_loss = self.loss(arch_batch)
+                    grads = torch.autograd.grad(arch_loss, self.alphas)
+                for a, g in zip(self.alphas, grads):
+                    a.grad = g
+            self.alpha_optimizer.step()
 
         for group in self.weight_optimizer.param_groups:
             group["lr"] = lr

@@ -3,8 +3,8 @@ periodic validation and metrics, and a complete, resumable state.
 
 This is what one Ray Tune trial does, minus Tune: the orchestration layer passes ``on_report`` and
 ``on_checkpoint`` callbacks. Everything needed to continue bit-for-bit (weights, α, both optimizers,
-stream positions, RNG) is in ``state_dict()`` and holds only tensors and plain containers, so it loads
-with ``torch.load(weights_only=True)``.
+stream positions, RNG, the α trajectory) is in ``state_dict()`` and holds only tensors and plain
+containers, so it loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import torch
 
 from ..data.batching import Batch, EncodedPair, collate, make_batches
 from .bilevel import BilevelSearch, sequence_loss
+from .collapse import collapse_metrics
 from .genotype import derive_genotype
+from .trajectory import AlphaTrajectory
 
 
 class BatchStream:
@@ -75,6 +77,7 @@ class SearchLoop:
         self.step = 0
         self.step_seconds = 0.0  # time spent inside search steps (for the orchestration overhead)
         self._window: List[Dict[str, float]] = []
+        self.trajectory = AlphaTrajectory()  # softmax(α) at every report
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -92,12 +95,15 @@ class SearchLoop:
     def metrics(self) -> Dict[str, float]:
         window = self._window or [{"train_loss": math.nan, "arch_loss": math.nan, "seconds": 0.0}]
         seconds = sum(w["seconds"] for w in window)
+        # warm-up steps have no architecture loss (NaN); average the steps that have one
+        arch = [w["arch_loss"] for w in window if not math.isnan(w["arch_loss"])]
         metrics = {
             "step": self.step,
             "train_loss": sum(w["train_loss"] for w in window) / len(window),
-            "arch_loss": sum(w["arch_loss"] for w in window) / len(window),
+            "arch_loss": sum(arch) / len(arch) if arch else math.nan,
             "valid_loss": self.validate(),
             "alpha_entropy": self.model.alpha_entropy(),
+            **collapse_metrics(self.genotype()),
             "steps_per_s": len(self._window) / seconds if seconds > 0 else 0.0,
             "lr": self.search.current_lr(),
             "search_seconds": self.step_seconds,
@@ -121,10 +127,11 @@ class SearchLoop:
             self.step += 1
             self._window.append(dict(out, seconds=seconds))
             if self.step % report_every == 0 or self.step == steps:
+                self.trajectory.record(self.step, self.model)  # before on_report: its checkpoint has it
                 on_report(self.step, self.metrics(), self)
 
     def genotype(self):
-        return derive_genotype(self.model)
+        return derive_genotype(self.model, allow_zero=self.search.config.derive_allow_zero)
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
@@ -135,6 +142,7 @@ class SearchLoop:
                 "step": self.step, "step_seconds": self.step_seconds,
                 "weight_stream": self.weight_stream.state_dict(),
                 "arch_stream": self.arch_stream.state_dict(),
+                "alpha_trajectory": self.trajectory.state_dict(),
                 "rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: Dict) -> None:
@@ -145,4 +153,7 @@ class SearchLoop:
         self.step, self.step_seconds = int(state["step"]), float(state["step_seconds"])
         self.weight_stream.load_state_dict(state["weight_stream"])
         self.arch_stream.load_state_dict(state["arch_stream"])
+        self.trajectory = AlphaTrajectory()
+        if "alpha_trajectory" in state:  # checkpoints written before trajectories were kept have none
+            self.trajectory.load_state_dict(state["alpha_trajectory"])
         torch.set_rng_state(state["rng"])

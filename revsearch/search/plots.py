@@ -1,5 +1,6 @@
-"""Pictures of a search: the α heat-map (op probabilities per node) and a diagram of the derived cell.
-Both are drawn from a genotype alone, so they can be re-made from the JSON logged to MLflow."""
+"""Pictures of a search: the α heat-map (op probabilities per node), a diagram of the derived cell (both
+drawn from a genotype alone, so they can be re-made from the JSON logged to MLflow), and the α
+trajectories (each node's op probabilities over the reports of the search)."""
 from __future__ import annotations
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 from .genotype import SIDES, Genotype  # noqa: E402
+from .trajectory import AlphaTrajectory  # noqa: E402
 
 
 def plot_alpha_heatmap(genotype: Genotype, path: str, title: str = "softmax(α) per node") -> str:
@@ -55,5 +57,47 @@ def plot_cell(genotype: Genotype, path: str) -> str:
         ax.set_title(f"{side} cell (pool={genotype.pooling})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_trajectories(trajectory: AlphaTrajectory, genotype: Genotype, path: str,
+                            title: str = "softmax(α) over the search", alpha_warmup_steps: int = 0) -> str:
+    """One small panel per node (rows: side and cell layer, columns: split), one line per op; the op the
+    genotype chose is drawn thick, so a choice that won only at the very end stands out. A dashed line
+    marks the end of the θ-only warm-up, when there is one."""
+    rows = [(side, layer) for side in SIDES for layer in range(len(genotype.side(side).cell))]
+    n = genotype.splits
+    fig, axes = plt.subplots(len(rows), n, figsize=(3.3 * n + 2.2, 1.9 * len(rows) + 0.6),
+                             squeeze=False, sharex=True, sharey=True)
+    steps = list(trajectory.steps)
+    names = list(dict.fromkeys(c for side in SIDES for c in genotype.side(side).candidates))
+    cmap = plt.get_cmap("tab20")
+    colors = {name: cmap(i % 20) for i, name in enumerate(names)}
+    for r, (side, layer) in enumerate(rows):
+        cell = genotype.side(side)
+        history = trajectory.side(side)
+        for k in range(n):
+            ax = axes[r][k]
+            chosen = cell.cell[layer][k]
+            if steps:
+                for j, name in enumerate(cell.candidates):
+                    ax.plot(steps, history[:, layer, k, j].tolist(), color=colors[name],
+                            lw=2.6 if name == chosen else 0.9, alpha=1.0 if name == chosen else 0.7,
+                            label=name, marker="o" if len(steps) == 1 else None, ms=3)
+            else:
+                ax.text(0.5, 0.5, "no reports recorded", ha="center", va="center", transform=ax.transAxes)
+            if alpha_warmup_steps > 0:
+                ax.axvline(alpha_warmup_steps, color="0.4", ls="--", lw=0.8)
+            ax.set_title(f"{side[:3]} L{layer} G{k + 1}: {chosen}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    handles = [plt.Line2D([], [], color=colors[name], lw=2) for name in names]
+    fig.legend(handles, names, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle(title + " (thick: derived choice)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (3.3 * n + 2.2), 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

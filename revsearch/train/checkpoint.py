@@ -48,7 +48,13 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint safely. A missing, corrupt, truncated or foreign file raises a
     ``RevsearchError`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise RevsearchError(f"{path}: is a directory, expected a checkpoint file (.pt)")
     if not path.is_file():
+        if os.path.lexists(path) and not path.exists():
+            raise RevsearchError(f"{path}: a broken symbolic link (or a link loop), expected a checkpoint file")
+        if path.exists():
+            raise RevsearchError(f"{path}: not a regular file (a FIFO or a device?), expected a checkpoint file")
         raise RevsearchError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
         raise RevsearchError(f"{path}: corrupt or truncated checkpoint (not a complete torch archive)")
@@ -85,10 +91,44 @@ def build_model(spec: dict, source: str = "checkpoint") -> nn.Module:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as err:
         raise RevsearchError(f"{source}: model builder {builder!r} not available ({err})") from None
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise RevsearchError(f"{source}: model config must be a mapping, got {type(config).__name__}")
     try:
-        return fn(dict(spec.get("config", {})))
-    except TypeError as err:
+        return fn(dict(config))
+    except (TypeError, ValueError) as err:
         raise RevsearchError(f"{source}: model config does not fit {builder} ({err})") from None
+    except KeyError as err:  # a builder reads its config's keys directly
+        raise RevsearchError(f"{source}: model config lacks {err} (needed by {builder})") from None
+
+
+#: a model config with more layers than this is not a model revsearch wrote (the largest has ~12)
+MAX_CONFIG_LAYERS = 256
+
+
+def check_spec_fits_weights(spec: dict, state_dict: dict, source: str) -> None:
+    """Before any weight is allocated: the model the spec describes, built on the meta device (shapes
+    only, no memory), must have exactly the shapes of the checkpoint's weights. A spec whose config says
+    hidden = 24,000 next to a 700 KB state dict would otherwise allocate gigabytes first and fail after."""
+    config = spec.get("config", {}) if isinstance(spec, dict) else {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if "layers" in str(key) and isinstance(value, int) and value > MAX_CONFIG_LAYERS:
+                raise RevsearchError(f"{source}: model config {key} = {value:,}; at most {MAX_CONFIG_LAYERS}")
+    if not isinstance(state_dict, dict):
+        raise RevsearchError(f"{source}: the 'model' entry is not a state dict")
+    with torch.device("meta"):
+        meta = build_model(spec, source)
+    held = sum(t.numel() for t in state_dict.values() if isinstance(t, torch.Tensor))
+    wanted = sum(t.numel() for t in meta.state_dict().values())
+    for name, tensor in meta.state_dict().items():
+        have = state_dict.get(name)
+        shape = tuple(have.shape) if isinstance(have, torch.Tensor) else None
+        if shape != tuple(tensor.shape):
+            raise RevsearchError(
+                f"{source}: the model config does not match the weights: {name} would be "
+                f"{list(tensor.shape)}, the checkpoint holds {list(shape) if shape is not None else 'nothing'} "
+                f"(config: {wanted:,} values = {wanted * 4 / 2**20:,.1f} MiB; weights: {held:,} values)")
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str) -> None:
@@ -106,10 +146,22 @@ def load_for_inference(path: os.PathLike, device="cpu"):
     state = load_checkpoint(path)
     if not state.get("spm_model"):
         raise RevsearchError(f"{path}: checkpoint has no SentencePiece model; it cannot translate on its own")
+    check_spec_fits_weights(state["model_spec"], state["model"], str(path))   # before anything is allocated
     tokenizer = Tokenizer(state["spm_model"], f"{path} (embedded SentencePiece model)")
     model = build_model(state["model_spec"], str(path))
     load_model_state(model, state["model"], str(path))
+    check_finite_weights(model, str(path))
     return model.to(device).eval(), tokenizer, state
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """A NaN or infinite weight (a diverged training) makes every output NaN: the decoder then emits
+    nothing, and an empty translation would pass for a result. Refuse it, naming the first tensor."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise RevsearchError(f"{source}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: "
+                             f"{bad[0]}); the training diverged, this checkpoint cannot translate")
 
 
 def average_checkpoints(paths: Sequence[os.PathLike]) -> Dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 from sacrebleu.metrics import BLEU, CHRF
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .decoding import DecodeConfig, translate
 
 
@@ -32,13 +32,27 @@ class EvalResult:
     chrf_signature: str
     bleu_detail: str              # e.g. "BLEU = 27.31 58.1/33.2/21.0/13.9 (BP = 1.000 ...)"
     sentences: int
-    seconds: float
+    seconds: float                # decoding time (translation only, not scoring)
     hypotheses: List[str]
+
+    @property
+    def sentences_per_s(self) -> float:
+        return self.sentences / max(self.seconds, 1e-9)
 
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("hypotheses")
+        d["sentences_per_s"] = self.sentences_per_s
         return d
+
+
+def check_tokenizer(name: str, field: str = "tokenize") -> str:
+    """``name`` if sacreBLEU knows the tokenizer; one ``ConfigError`` line listing the valid ones otherwise
+    (sacreBLEU itself fails with a bare KeyError, after the whole test set has been translated)."""
+    valid = list(getattr(BLEU, "TOKENIZERS", None) or [])
+    if valid and name not in valid:
+        raise ConfigError(f"{field}: unknown sacreBLEU tokenizer {name!r}; one of: {', '.join(valid)}")
+    return name
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = "13a",
@@ -48,6 +62,7 @@ def score(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = 
         raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not references:
         raise DataError("nothing to score: the test set is empty")
+    check_tokenizer(tokenize)
     bleu = BLEU(tokenize=tokenize, lowercase=lowercase)
     chrf = CHRF()
     b = bleu.corpus_score(list(hypotheses), [list(references)])
@@ -59,6 +74,8 @@ def evaluate_model(model: nn.Module, tokenizer, pairs: Sequence[Tuple[str, str]]
                    device="cpu") -> EvalResult:
     """Translate the sources of ``pairs`` and score against their targets."""
     config = config or EvalConfig()
+    if config.limit < 0:
+        raise ConfigError(f"limit must be >= 0 (0: all pairs), got {config.limit}")
     if config.limit:
         pairs = pairs[: config.limit]
     t0 = time.perf_counter()

@@ -49,6 +49,11 @@ def paired_bootstrap(baseline: Mapping[int, Sequence[str]], system: Mapping[int,
                       {"BLEU": BLEU(tokenize=tokenize)}, [pooled_refs], test_type="bs", n_samples=samples)
     signatures, results = test()
     base, other = results["BLEU"]
+    delta = float(other.score - base.score)
+    # sacreBLEU counts resamples whose difference *exceeds* the observed one, so with no observed difference
+    # and degenerate statistics (e.g. both systems scoring 0 everywhere) it returns its smallest p-value;
+    # no difference is never evidence of one
+    p_value = 1.0 if delta == 0.0 else float(other.p_value)
     return PairedComparison(baseline_bleu=float(base.score), system_bleu=float(other.score),
-                            delta=float(other.score - base.score), p_value=float(other.p_value),
+                            delta=delta, p_value=p_value,
                             seeds=len(seeds), samples=samples, signature=str(signatures["BLEU"]))

@@ -96,6 +96,19 @@ class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
+def load_evaluated_weights(model: nn.Module, result: TrainResult) -> str:
+    """Put into ``model`` the weights a run is scored and registered with, and return their checkpoint
+    file: the average of the last k numbered checkpoints when ``average_last > 1`` wrote one (what
+    averaging is for), else the best by validation NLL (``restore_best`` already loaded it; "" when no
+    files were written)."""
+    path = result.checkpoints.get("avg")
+    if path:
+        load_model_state(model, load_checkpoint(path)["model"], path)
+        model.eval()
+        return path
+    return result.checkpoints.get("best", "")
+
+
 class Trainer:
     def __init__(self, model: nn.Module, train: Sequence[EncodedPair], valid: Sequence[EncodedPair],
                  config: TrainConfig, spm_model: Optional[bytes] = None, model_spec: Optional[dict] = None,
