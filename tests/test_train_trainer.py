@@ -153,6 +153,7 @@ def test_cli_translate_with_corrupt_checkpoint(tmp_path, good_checkpoint, monkey
     monkeypatch.setattr(cli, "COMMANDS", ["data", "train", "translate", "evaluate"])
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good_checkpoint.read_bytes()[:-500])
+    (tmp_path / "in.txt").write_text("hello world\n", encoding="utf-8")   # translate checks its input too
     rc = cli.main(["translate", "--checkpoint", str(bad), "--input", str(tmp_path / "in.txt")])
     err = capsys.readouterr().err
     assert rc == 2 and err == f"revsearch: error: {bad}: corrupt or truncated checkpoint (not a complete torch archive)\n"
