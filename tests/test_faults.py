@@ -212,9 +212,10 @@ def experiment_state(experiment):
 
 
 def trainer_checkpoint(run_dir, label):
-    """Step of the newest numbered trainer checkpoint of a retrain (``retrain/<label>/checkpoint_<step>.pt``)."""
+    """Step of the newest numbered trainer checkpoint of a retrain
+    (``retrain/<label>/seed<seed>/checkpoint_<step>.pt``: one directory per retrain seed)."""
     steps = [int(os.path.basename(p)[len("checkpoint_"):-3])
-             for p in glob.glob(os.path.join(run_dir, "retrain", label, "checkpoint_*.pt"))
+             for p in glob.glob(os.path.join(run_dir, "retrain", label, "seed*", "checkpoint_*.pt"))
              if os.path.basename(p)[len("checkpoint_"):-3].isdigit()]
     return max(steps, default=0)
 
