@@ -131,16 +131,16 @@ def test_every_torch_load_is_weights_only():
 
 
 def test_no_unsafe_deserializers_in_the_package():
-    from revsearch.orchestration.sweep import _Loader
+    from revsearch.orchestration.sweep_yaml import SweepYamlLoader
     import yaml
-    assert issubclass(_Loader, yaml.SafeLoader)
+    assert issubclass(SweepYamlLoader, yaml.SafeLoader)
     for rel, tree in _parsed():
         for name in ("pickle.load", "pickle.loads", "marshal.loads", "yaml.unsafe_load", "yaml.full_load",
                      "dill.loads", "cloudpickle.loads", "shelve.open"):
             assert not list(_calls(tree, name)), f"{rel}: {name}"
         for call in _calls(tree, "yaml.load"):
             loader = {k.arg: k.value for k in call.keywords}.get("Loader")
-            assert isinstance(loader, ast.Name) and loader.id in ("_Loader", "SafeLoader", "CSafeLoader"), \
+            assert isinstance(loader, ast.Name) and loader.id in ("SweepYamlLoader", "SafeLoader", "CSafeLoader"), \
                 f"{rel}:{call.lineno}: yaml.load without a safe Loader"
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):

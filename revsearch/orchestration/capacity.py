@@ -65,12 +65,12 @@ def supernet_parameters(supernet: Dict, vocab_size: int) -> float:
 
 def _trials(sweep) -> List[Dict]:
     """Space parameters of the trials to estimate: none (the fixed settings) and the space's extremes."""
-    from .space import _candidates
+    from .space import candidate_values
     sampled = [p for p in sweep.space.values() if p.sampled]
     out: List[Dict] = [{}]
     if not sampled:
         return out
-    options = [_candidates(p) for p in sampled]
+    options = [candidate_values(p) for p in sampled]
     count = 1
     for o in options:
         count *= len(o)

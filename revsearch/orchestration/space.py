@@ -13,10 +13,8 @@ minus, parentheses), evaluated from the AST, never with ``eval``.
 """
 from __future__ import annotations
 
-import ast
 import itertools
 import math
-import operator
 import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -24,95 +22,21 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from ..errors import ConfigError
 from ..search.bilevel import SearchConfig
 from ..search.supernet import SupernetConfig
-from .sweep import (DATA_SPACE_KEYS, SEARCH_SPACE_KEYS, SearchSection, SpaceParam, SweepConfig, _Bad,
-                    data_problem, is_int, is_number, search_problem, setting_rule, show)
+from .space_expr import expr_names, safe_eval
+from .sweep_errors import is_int, is_number, show
+from .sweep_search import SEARCH_SPACE_KEYS, SearchSection, search_problem
+from .sweep_sections import data_problem
+from .sweep_space_schema import DATA_SPACE_KEYS, SpaceParam, check_setting, setting_target
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-MAX_EXPR_CHARS = 500
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%"}
+    from .sweep_model import SweepConfig
+
 #: SupernetConfig keyword arguments taken from the search settings (plus ops and max_len)
 SUPERNET_KEYS = ("hidden", "splits", "embed_dim", "encoder_layers", "decoder_layers", "heads", "dropout",
                  "pooling", "tie_embeddings", "mode", "cell_layers", "share_alpha")
 SEARCH_CONFIG_KEYS = tuple(f.name for f in fields(SearchConfig))
-
-
-# --- safe arithmetic ------------------------------------------------------------------------------
-def _parse(expr: str) -> ast.AST:
-    if not isinstance(expr, str):
-        raise ConfigError(f"expression must be a string, got {show(expr)}")
-    if len(expr) > MAX_EXPR_CHARS:
-        raise ConfigError(f"expression longer than {MAX_EXPR_CHARS} characters")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ConfigError(f"invalid expression {show(expr)}: {e.msg}") from None
-    except (ValueError, RecursionError, MemoryError):
-        raise ConfigError(f"invalid expression {show(expr)}") from None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Expression, ast.Name, ast.Load)) or type(node) in _BINOPS or type(node) in _UNARY:
-            continue
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            continue
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            continue
-        if isinstance(node, ast.Constant) and is_number(node.value):
-            continue
-        what = (f"constant {show(node.value)}" if isinstance(node, ast.Constant)
-                else f"'{type(node.op).__name__}' operator" if isinstance(node, (ast.BinOp, ast.UnaryOp))
-                else type(node).__name__)
-        raise ConfigError(f"{what} not allowed in {show(expr)}; only numbers, parameter names, "
-                          f"+ - * / // % and parentheses")
-    return tree
-
-
-def expr_names(expr: str) -> List[str]:
-    """The parameter names an expression reads, in order of first use (validates the syntax)."""
-    names: List[str] = []
-    for node in ast.walk(_parse(expr)):
-        if isinstance(node, ast.Name) and node.id not in names:
-            names.append(node.id)
-    return names
-
-
-def safe_eval(expr: str, names: Mapping[str, Any]) -> float:
-    """Evaluate arithmetic over ``names`` (numbers only); raises ``ConfigError`` on anything else."""
-    tree = _parse(expr)
-
-    def ev(node: ast.AST):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id not in names:
-                raise ConfigError(f"unknown name {node.id!r}; known: {', '.join(names) or '(none)'}")
-            value = names[node.id]
-            if not is_number(value):
-                raise ConfigError(f"{node.id!r} is {show(value)}, not a number")
-            return value
-        if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](ev(node.operand))
-        left, right = ev(node.left), ev(node.right)
-        try:
-            return _BINOPS[type(node.op)](left, right)
-        except ZeroDivisionError:
-            raise ConfigError(f"division by zero in {show(expr)} ({show(left)} "
-                              f"{_SYMBOLS[type(node.op)]} {show(right)})") from None
-        except OverflowError:
-            raise ConfigError(f"overflow in {show(expr)}") from None
-
-    try:
-        result = ev(tree)
-    except RecursionError:
-        raise ConfigError(f"expression nested too deeply: {show(expr)}") from None
-    if isinstance(result, float) and not math.isfinite(result):
-        raise ConfigError(f"{show(expr)} is not finite ({result})")
-    return result
 
 
 # --- active parameters ----------------------------------------------------------------------------
@@ -324,19 +248,19 @@ def resolve_trial(sweep: SweepConfig, params: Mapping[str, Any], partial: bool =
                  and (k in SEARCH_SPACE_KEYS or k in DATA_SPACE_KEYS)}
         active = {**extra, **active}
     trial = _describe(active)
-    search = {f.name: getattr(sweep.search, f.name) for f in fields(SearchSection)}
+    search = {name: getattr(sweep.search, name) for name in SearchSection.model_fields}
     data = {k: getattr(sweep.data, k) for k in DATA_SPACE_KEYS}
 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(f"{sweep.source}: {key}: {message} (space trial: {trial})")
 
     for name, value in active.items():
-        target = "search" if name in SEARCH_SPACE_KEYS else "data" if name in DATA_SPACE_KEYS else None
+        target = setting_target(name)
         if target is None:
             continue
         try:
-            value = setting_rule(target, name).check(value)
-        except _Bad as e:
+            value = check_setting(target, name, value)
+        except ValueError as e:
             raise fail(f"{target}.{name}", str(e)) from None
         (search if target == "search" else data)[name] = value
     if search["op_set"] not in sweep.op_sets and search["op_set"] != "full":
@@ -363,7 +287,7 @@ MAX_ENUMERATED = 512
 SAMPLED_CHECKS = 64
 
 
-def _candidates(param: SpaceParam) -> List[Any]:
+def candidate_values(param: SpaceParam) -> List[Any]:
     if param.type == "choice":
         return list(param.values)
     if param.type == "int":
@@ -378,7 +302,7 @@ def check_space_combinations(sweep: SweepConfig) -> None:
     """Resolve every combination of the space's discrete values and range ends (or, for a large
     space, a fixed pseudo-random sample of them) so an invalid combination fails at load time."""
     sampled = [p for p in sweep.space.values() if p.sampled]
-    options = [_candidates(p) for p in sampled]
+    options = [candidate_values(p) for p in sampled]
     total = 1
     for o in options:
         total *= len(o)
