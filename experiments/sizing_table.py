@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from revsearch.errors import ConfigError  # noqa: E402
 from revsearch.orchestration import load_sweep  # noqa: E402
-from revsearch.orchestration.pipeline import retrain_candidates  # noqa: E402
+from revsearch.orchestration.candidates import retrain_candidates  # noqa: E402
 from revsearch.search import Genotype  # noqa: E402
 
 

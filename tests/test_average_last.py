@@ -53,7 +53,7 @@ def test_run_retrain_scores_and_tags_the_averaged_weights(tmp_path, monkeypatch)
     that average."""
     import revsearch.train.evaluate as evaluate
     from revsearch.orchestration.data_prep import prepare_data
-    from revsearch.orchestration.pipeline import retrain_candidates
+    from revsearch.orchestration.candidates import retrain_candidates
     from revsearch.orchestration.sweep import validate_sweep_dict
     from revsearch.orchestration.tracking import KIND_TAG, Tracker
     from revsearch.orchestration.trainables import run_retrain

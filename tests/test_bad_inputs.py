@@ -144,6 +144,22 @@ class Files:
                                "spm_model": tok.model_proto})
         return path
 
+    def registered_store(self) -> str:
+        """A sqlite MLflow store in which ``real_checkpoint()`` is registered as ``tiny`` (alias ``best``),
+        for the ``translate --model`` cases; returns its URI."""
+        db = self.path(os.path.join("registry", "mlflow.db"))
+        uri = "sqlite:///" + db
+        if os.path.exists(db):
+            return uri
+        from revsearch.orchestration.registry import register_checkpoint
+        from revsearch.orchestration.tracking import Tracker
+        os.makedirs(os.path.dirname(db), exist_ok=True)
+        tracker = Tracker(uri, "registry", artifact_root=self.path(os.path.join("registry", "artifacts")))
+        run_id = tracker.start_run("retrain", {})
+        tracker.end_run(run_id)
+        register_checkpoint(tracker.client, tracker.experiment_id, run_id, self.real_checkpoint(), "tiny", "tiny")
+        return uri
+
     def payload_checkpoint(self) -> str:
         return self.checkpoint("payload.pt", {"evil": Payload(self.marker)})
 
@@ -738,6 +754,27 @@ CASES: List[Case] = [
          lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--max-tokens", "0"], ["--max-tokens", "'0'"]),
     Case("translate-lenpen-nan", "translate", "`--lenpen nan`",
          lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--lenpen", "nan"], ["--lenpen", "nan"]),
+    # translate --model: the registry (issue 11, item 5) ---------------------------------------------
+    Case("translate-model-not-a-uri", "translate", "`--model tiny` (not a `models:/` URI)",
+         lambda f, s: ["translate", "--model", "tiny", "--tracking-uri", "sqlite:///" + f.path("none.db")],
+         ["--model", "'tiny'", "models:/NAME@ALIAS"]),
+    Case("translate-model-unknown", "translate", "`--model models:/nope@best`: no such registered model",
+         lambda f, s: ["translate", "--model", "models:/nope@best", "--tracking-uri", f.registered_store()],
+         ["--model", "no registered model 'nope'", "registered: tiny"]),
+    Case("translate-model-alias-unknown", "translate", "`--model models:/tiny@bset`: the model has no such alias",
+         lambda f, s: ["translate", "--model", "models:/tiny@bset", "--tracking-uri", f.registered_store()],
+         ["--model", "no alias 'bset'", "its aliases: best"]),
+    Case("translate-model-unreachable", "translate", f"`--model` with `--tracking-uri {UNREACHABLE}` (nothing listening)",
+         lambda f, s: ["translate", "--model", "models:/tiny@best", "--tracking-uri", UNREACHABLE],
+         ["--tracking-uri", "127.0.0.1:9", "cannot reach"]),
+    Case("translate-model-no-database", "translate", "`--model` with a `sqlite:` database that does not exist",
+         lambda f, s: ["translate", "--model", "models:/tiny@best", "--tracking-uri", "sqlite:///" + f.path("none.db")],
+         ["--tracking-uri", "no MLflow database", "none.db"]),
+    Case("translate-model-no-tracking-uri", "translate", "`--model` without `--tracking-uri` or `$MLFLOW_TRACKING_URI`",
+         lambda f, s: ["translate", "--model", "models:/tiny@best"], ["--model", "--tracking-uri"]),
+    Case("translate-model-and-checkpoint", "translate", "both `--checkpoint` and `--model`",
+         lambda f, s: ["translate", "--checkpoint", f.path("any.pt"), "--model", "models:/tiny@best"],
+         ["--model", "not allowed with argument --checkpoint"]),
     Case("evaluate-tokenize-unknown", "evaluate", "`--tokenize warp` (not a sacreBLEU tokenizer)",
          lambda f, s: ["evaluate", "--hyp", f.text("hyp3.txt", "a\n"), "--ref", f.text("ref3.txt", "a\n"),
                        "--tokenize", "warp"], ["--tokenize", "warp", "13a"]),
@@ -758,6 +795,7 @@ CORE |= {"sweep-alias-bomb-seed", "sweep-dev-zero", "sweep-fifo", "space-choice-
          "resources-cpu-too-many", "checkpoint-spec-oversized", "import-lang-traversal", "nothing-report-fresh",
          "tracking-sqlite-directory", "checkpoint-is-directory"}
 CORE |= {"translate-chunk-zero", "translate-lenpen-nan", "translate-stdin-non-utf8"}
+CORE |= {"translate-model-not-a-uri", "translate-model-alias-unknown"}   # issue 11, item 5
 CORE |= {"data-one-training-pair", "data-nul-byte", "data-synthetic-out-file"}   # issue 12, items 8, 12, 13
 CASE_IDS = [c.id for c in CASES]
 assert CORE <= set(CASE_IDS)

@@ -202,7 +202,7 @@ def test_import_language_codes_and_overwrite(tmp_path):
 # --- retrain --hidden -------------------------------------------------------------------------------
 def test_retrain_hidden_is_not_checked_against_a_derived_space():
     from revsearch.commands.retrain import genotype_trial_params
-    from revsearch.orchestration.pipeline import retrain_candidates
+    from revsearch.orchestration.candidates import retrain_candidates
     from revsearch.orchestration.space import resolve_trial
     from revsearch.search.genotype import Genotype
     config = sweep(lambda d: d.update(space={"splits": {"type": "choice", "values": [2]},

@@ -157,7 +157,7 @@ def test_ctrl_c_right_after_ray_starts_exits_130_without_a_crash(tmp_path):
     storage = tmp_path / "storage"
     cli = Cli(config, storage)
     try:
-        cli.wait_for("Ray to start", lambda: "Started a local Ray instance" in cli.tail(10 ** 6))
+        cli.wait_for("Ray to start", lambda: "started a local ray instance" in cli.tail(10 ** 6).lower())
         os.killpg(cli.proc.pid, signal.SIGINT)
         rc = cli.wait(timeout=300)
     finally:

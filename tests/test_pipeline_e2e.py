@@ -39,6 +39,12 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
     driver_lines = [line for line in proc.stderr.splitlines()
                     if not re.match(r"^(\x1b\[\d+m)?\(\S+ pid=\d+", line)]
     assert not any("Traceback" in line for line in driver_lines)
+    # the console is the live view, not Ray's: no worker lines, checkpoint paths, trial tables, INFO lines
+    # or ANSI codes when the output is not a terminal (--verbose brings Ray's output back)
+    console = proc.stdout + proc.stderr
+    for ray_output in ("Checkpoint successfully created", "pid=", "Trial status:", " INFO ", "\x1b["):
+        assert ray_output not in console, ray_output
+    assert "stage 1 search: 2 done" in proc.stderr and "stage 2 retrain: 2 done" in proc.stderr
     runs_dir = os.path.join(storage, "runs")
     (run_name,) = os.listdir(runs_dir)
     run_dir = os.path.join(runs_dir, run_name)
@@ -99,6 +105,48 @@ def test_micro_run_produces_ranking_registry_and_mlflow_tree(micro_run):
     best_label = rows[0]["label"]
     assert version.tags["revsearch.label"] == best_label
     assert version.run_id == rows[0]["mlflow_run_id"]    # the seed chosen on validation BLEU
+
+
+@pytest.mark.slow
+def test_registered_best_model_loads_without_pickle_and_equals_its_checkpoint(micro_run, tmp_path):
+    """The registry holds weights + JSON spec + SentencePiece model (no pickle): ``load_registered`` and
+    ``revsearch translate --model models:/revsearch-micro@best`` give exactly the checkpoint's outputs."""
+    import torch
+    from mlflow.tracking import MlflowClient
+    from revsearch.orchestration.registry import PICKLED_FILES, load_registered
+    from revsearch.train.checkpoint import load_for_inference
+    from revsearch.train.decoding import DecodeConfig, translate_ids
+
+    storage, _ = micro_run
+    uri = "sqlite:///" + os.path.join(storage, "mlflow.db")
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("revsearch-micro", "best")
+    checkpoint = client.get_run(version.run_id).data.tags["revsearch.checkpoint"]
+    downloaded = tmp_path / "dl"
+    model, spec, tokenizer_path = load_registered("models:/revsearch-micro@best", uri, dst_path=str(downloaded))
+    reference, tokenizer, state = load_for_inference(checkpoint)
+    assert spec == state["model_spec"] and open(tokenizer_path, "rb").read() == state["spm_model"]
+    want = reference.state_dict()
+    assert model.state_dict().keys() == want.keys()
+    assert all(torch.equal(model.state_dict()[k], want[k]) for k in want)
+    files = {os.path.relpath(os.path.join(d, f), downloaded) for d, _, fs in os.walk(downloaded) for f in fs}
+    assert files == {"model.pt", "model_spec.json", "tokenizer.model", "revsearch.json"}
+    assert not files & set(PICKLED_FILES) and not any(f.endswith(".pkl") for f in files)
+    assert isinstance(torch.load(downloaded / "model.pt", weights_only=True), dict)
+
+    (corpus,) = [os.path.join(storage, "data", d) for d in os.listdir(os.path.join(storage, "data"))]
+    src_lang = json.load(open(os.path.join(corpus, "meta.json")))["src_lang"]
+    sources = [line.strip() for line in open(os.path.join(corpus, f"test.{src_lang}"), encoding="utf-8")][:8]
+    ids = [tokenizer.encode_src(s) for s in sources]
+    beam = DecodeConfig(beam_size=2)
+    assert translate_ids(model, ids, beam) == translate_ids(reference, ids, beam)
+    (tmp_path / "in.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    outputs = []
+    for source in (["--checkpoint", checkpoint], ["--model", "models:/revsearch-micro@best", "--tracking-uri", uri]):
+        proc = revsearch("translate", *source, "--input", str(tmp_path / "in.txt"), cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == len(sources)
 
 
 @pytest.mark.slow

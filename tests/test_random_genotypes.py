@@ -75,7 +75,7 @@ def test_too_small_a_space_is_one_line():
 
 
 def test_retrain_candidates_add_seeded_random_genotypes():
-    from revsearch.orchestration.pipeline import retrain_candidates
+    from revsearch.orchestration.candidates import retrain_candidates
     from tests.test_sizing import chosen, sweep_with
     derived = uniform_genotype(2, "conv3", "self_attn", layers=2)
     sweep = sweep_with({"random_genotypes": 3, "baseline": False, "size": {"match": "width"}})

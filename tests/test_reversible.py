@@ -31,7 +31,8 @@ def rel_err(a, b):
 
 
 def reference_layer(functions, xs, context):
-    """Hand-written method.md forward: Y_k = X_k + G_k(Y_{<k}, X_{>k}), k = 1..n."""
+    """Hand-written forward of docs/method.md, "Multi-split reversible layer":
+    Y_k = X_k + G_k(Y_{<k}, X_{>k}), k = 1..n."""
     n = len(xs)
     ys = []
     for k in range(n):

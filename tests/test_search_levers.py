@@ -15,7 +15,7 @@ from revsearch.search.collapse import collapse_metrics, top_margin
 from revsearch.search.loop import SearchData, SearchLoop
 from revsearch.search.plots import plot_alpha_trajectories
 from revsearch.search.trajectory import AlphaTrajectory
-from revsearch.train.schedule import InverseSqrtSchedule
+from revsearch.learning import InverseSqrtSchedule
 from tests.search_fixtures import reversal_batch, reversal_pairs, tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -85,7 +85,7 @@ def test_baseline_reaches_an_explicit_budget(scale, tolerance):
     sized = size_transformer("transformer-baseline", BASELINE, VOCAB, target, tolerance)
     m = sized.model
     assert abs(sized.deviation) <= tolerance and m["hidden"] % m["heads"] == 0
-    from revsearch.orchestration.trainables import build_retrain_model
+    from revsearch.orchestration.candidates import build_retrain_model
     model, spec = build_retrain_model({"kind": "baseline", "model": m, "label": "b"}, VOCAB)
     assert count_parameters(model) == sized.params
     assert model.config.ffn_dim == m["ffn_dim"] and spec["config"]["ffn_dim"] == m["ffn_dim"]
@@ -127,8 +127,8 @@ def chosen(*genotypes):
 
 
 def test_retrain_candidates_are_sized_to_the_baseline_and_build_exactly():
-    from revsearch.orchestration.pipeline import retrain_candidates
-    from revsearch.orchestration.trainables import build_retrain_model
+    from revsearch.orchestration.candidates import retrain_candidates
+    from revsearch.orchestration.candidates import build_retrain_model
     sweep = sweep_with({"random_genotypes": 2})
     candidates = retrain_candidates(sweep, chosen(uniform_genotype(2, "conv3", "conv3", layers=2),
                                                   identity_heavy(3)))
@@ -145,7 +145,7 @@ def test_retrain_candidates_are_sized_to_the_baseline_and_build_exactly():
 
 
 def test_match_width_keeps_todays_widths_and_an_explicit_budget_moves_all():
-    from revsearch.orchestration.pipeline import retrain_candidates
+    from revsearch.orchestration.candidates import retrain_candidates
     g = uniform_genotype(2, "self_attn", "self_attn", layers=2)
     same = retrain_candidates(sweep_with({"size": {"match": "width"}}), chosen(g))
     assert [c["model"]["hidden"] for c in same] == [64, 64]

@@ -6,8 +6,8 @@ import torch
 
 from revsearch.errors import ConfigError
 from revsearch.models.transformer import StandardTransformer, TransformerConfig, build_from_config, count_parameters
-from revsearch.train.loss import label_smoothed_nll
-from revsearch.train.schedule import InverseSqrtSchedule
+from revsearch.learning import label_smoothed_nll
+from revsearch.learning import InverseSqrtSchedule
 
 
 def tiny(**kw):

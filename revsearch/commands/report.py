@@ -10,7 +10,7 @@ def build_rows(tracker, parent_run_id: str):
     hypotheses, the test references logged on the parent, and from the search trial that found a genotype
     the search time and the architecture description; aggregated exactly as the run's own ranking."""
     import tempfile
-    from ..orchestration.pipeline import REFERENCES_FILE, hypotheses_from_mlflow
+    from ..orchestration.results import REFERENCES_FILE, hypotheses_from_mlflow
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from ..orchestration.ranking import SeedResult, aggregate
     searches = {run.data.tags.get("revsearch.trial_id", ""): run

@@ -3,11 +3,11 @@ baseline) from scratch outside of Tune, score it with sacreBLEU, track it in MLf
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from .arg_types import positive_int
+from .progress import TrainingProgress
 
 
 def genotype_trial_params(sweep, genotype) -> dict:
@@ -23,9 +23,19 @@ def genotype_trial_params(sweep, genotype) -> dict:
     return params
 
 
+def validation_printer(bar):
+    """``run_retrain``'s ``report``: validation results as lines above the progress bar (the training
+    reports are what the bar already shows)."""
+    def report(metrics) -> None:
+        if "valid_nll" in metrics:
+            bar.log(f"{bar.label}: step {metrics['step']} | valid nll {metrics['valid_nll']:.3f} | "
+                    f"best {metrics.get('best_valid_nll', float('nan')):.3f}")
+    return report
+
+
 def _run(args) -> int:
     from ..orchestration.data_prep import prepare_data
-    from ..orchestration.pipeline import retrain_candidates
+    from ..orchestration.candidates import retrain_candidates
     from ..orchestration.trainables import run_retrain
     from ..search import Genotype
     from .run import load, preflight
@@ -68,8 +78,13 @@ def _run(args) -> int:
     try:
         held.deliver()
         for c in candidates:
-            final = run_retrain(c, context, lambda m: log(json.dumps({k: v for k, v in m.items()
-                                                                     if isinstance(v, (int, float))})))
+            retrain = sweep.retrain
+            bar = TrainingProgress(c["label"], total_steps=retrain.steps,
+                                   budget_s=retrain.budget_minutes * 60 if retrain.budget_minutes else None)
+            try:
+                final = run_retrain(c, context, validation_printer(bar), on_step=bar)
+            finally:
+                bar.close()
             print(f"{c['label']}: BLEU {final['test_bleu']:.2f} chrF {final['test_chrf']:.2f} "
                   f"params {final['params']:,} ({final['bleu_signature']})")
         status = "FINISHED"

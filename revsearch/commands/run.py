@@ -25,18 +25,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="results root (overrides storage:)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue an interrupted run: the latest one of this sweep, or RUN_DIR")
-    p.add_argument("--quiet", action="store_true", help="less Tune output")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true",
+                      help="Ray Tune's and Ray's own output instead of the live view: trial tables, every "
+                           "worker's log lines, Ray's INFO lines")
+    talk.add_argument("--quiet", action="store_true",
+                      help="no live view: only the one-line messages (stages, finished or failed trials, "
+                           "results)")
 
 
 def tracking_override(uri: str) -> str:
     """``--tracking-uri`` checked by the same rules as ``tracking.uri`` in a sweep file (a relative
     ``sqlite:///`` path resolves against the working directory)."""
-    from ..errors import ConfigError
-    from ..orchestration.sweep import _Validator
-    try:
-        return _Validator("--tracking-uri", os.getcwd()).tracking({"uri": uri}).uri
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("--tracking-uri: tracking.uri: ", "--tracking-uri: ", 1)) from None
+    from ..orchestration.sweep import check_tracking_uri
+    return check_tracking_uri(uri, "--tracking-uri")
 
 
 def load(args):
@@ -113,13 +115,20 @@ def resume_command(args) -> str:
     return shlex.join(parts)
 
 
+def console(args):
+    """The console this invocation asked for (orchestration/live_view.py)."""
+    from ..orchestration.live_view import ConsoleConfig
+    return ConsoleConfig(verbose=bool(getattr(args, "verbose", False)), live=not getattr(args, "quiet", False))
+
+
 def _pipeline(args, sweep, **kwargs):
     """``run_pipeline``; a Ctrl-C or SIGTERM (``Interrupted``, runs already ended KILLED) gets the command
     that continues the run added to its one line."""
     from ..errors import Interrupted
     from ..orchestration.pipeline import run_pipeline
     try:
-        return run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, **kwargs)
+        return run_pipeline(sweep, address=args.address, resume=args.resume, log=_log, console=console(args),
+                            **kwargs)
     except Interrupted as err:
         if not str(err):   # stopped before the run existed: nothing to continue
             raise

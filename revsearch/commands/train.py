@@ -3,7 +3,6 @@ sacreBLEU (detokenized BLEU and chrF with their signatures)."""
 from __future__ import annotations
 
 import json
-import sys
 
 
 def add_decode_args(p) -> None:
@@ -46,8 +45,15 @@ def _run(args) -> int:
         spm=SentencePieceConfig(vocab_size=args.vocab_size, model_type=args.spm_type, cache_dir=args.cache_dir),
         model=model, train=train, eval=EvalConfig(decode=decode_config(args)), eval_split=args.split,
         threads=args.threads)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    out = run_baseline(cfg, log=log)
+    from .progress import TrainingProgress
+    bar = None if args.quiet else TrainingProgress("train", total_steps=args.max_steps,
+                                                   budget_s=args.minutes * 60 if args.minutes else None)
+    log = (lambda m: None) if bar is None else bar.log   # log lines land above the bar
+    try:
+        out = run_baseline(cfg, log=log, on_step=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     ev = out["eval"]
     print(f"{args.split} BLEU {ev['bleu']:.2f}  chrF {ev['chrf']:.2f}  ({out['train']['steps']} steps, "
           f"{out['train']['tokens_per_s']:,.0f} tok/s)")

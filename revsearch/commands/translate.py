@@ -1,5 +1,6 @@
 """``revsearch translate``: translate lines (stdin or --input) with a checkpoint that embeds its
-SentencePiece model.
+SentencePiece model, or with a registered model (``--model models:/NAME@best``: weights, JSON spec and
+SentencePiece model from the MLflow registry, nothing unpickled; see orchestration/registry.py).
 
 Everything a user can get wrong is checked before the first sentence is decoded: the options, the
 device, the output folder, that the input is UTF-8, and that no line is longer (in SentencePiece tokens,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .arg_types import check_device, check_output_file, positive_int
 from .train import add_decode_args, decode_config
 
@@ -37,7 +38,12 @@ def _run(args) -> int:
     check_device(args.device)
     if args.output:
         check_output_file(args.output)
-    model, tokenizer, _ = load_for_inference(args.checkpoint, device=args.device)
+    if args.model:
+        model, tokenizer = load_registered_model(args)
+    else:
+        if args.tracking_uri:
+            raise ConfigError("--tracking-uri: only used with --model (a --checkpoint needs no MLflow)")
+        model, tokenizer, _ = load_for_inference(args.checkpoint, device=args.device)
     source = args.input or "<stdin>"
     lines = read_lines(args.input) if args.input else _stdin_lines()
     encoded = [tokenizer.encode_src(line.strip()) if line.strip() else None for line in lines]
@@ -66,9 +72,44 @@ def _run(args) -> int:
     return 0
 
 
+def load_registered_model(args):
+    """(model, Tokenizer) for ``--model models:/NAME@ALIAS`` from ``--tracking-uri`` (else
+    ``$MLFLOW_TRACKING_URI``); problems are one line naming the option the value came from."""
+    import os
+    import tempfile
+    from ..data.tokenizer import Tokenizer
+    from ..orchestration.registry import load_registered, parse_model_uri
+    try:
+        parse_model_uri(args.model)
+    except ConfigError as err:
+        raise ConfigError(f"--model: {err}") from None
+    uri, where = args.tracking_uri, "--tracking-uri"
+    if not uri:
+        uri, where = os.environ.get("MLFLOW_TRACKING_URI", ""), "$MLFLOW_TRACKING_URI"
+    if not uri:
+        raise ConfigError("--model: give --tracking-uri (e.g. sqlite:////abs/storage/mlflow.db, a sweep's "
+                          "default store) or set $MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory(prefix="revsearch-registered-") as tmp:
+        try:
+            model, _, tokenizer_path = load_registered(args.model, uri, dst_path=tmp, device=args.device)
+        except ConfigError as err:
+            text = str(err)
+            if text.startswith("tracking.uri"):
+                raise ConfigError(text.replace("tracking.uri", where, 1)) from None
+            raise ConfigError(f"--model: {text}") from None
+        with open(tokenizer_path, "rb") as f:
+            tokenizer = Tokenizer(f.read(), f"{args.model} ({os.path.basename(tokenizer_path)})")
+    return model, tokenizer
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("translate", help="translate text with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = subparsers.add_parser("translate", help="translate text with a trained checkpoint or a registered model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint (.pt) with its SentencePiece model")
+    which.add_argument("--model", metavar="models:/NAME@ALIAS",
+                       help="a registered model, e.g. models:/revsearch-micro@best (or models:/NAME/VERSION)")
+    p.add_argument("--tracking-uri", help="MLflow store of --model's registry (default $MLFLOW_TRACKING_URI); a "
+                                          "sweep's default is sqlite:////<storage>/mlflow.db")
     p.add_argument("--input", help="file to translate, one sentence per line (default stdin)")
     p.add_argument("--output", help="write translations here (default stdout)")
     p.add_argument("--max-tokens", type=positive_int, default=4096,

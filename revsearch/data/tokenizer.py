@@ -23,8 +23,7 @@ import sentencepiece as spm
 
 from ..errors import DataError
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-SPECIAL_IDS = frozenset((PAD_ID, UNK_ID, BOS_ID, EOS_ID))
+from ..special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, UNK_ID  # noqa: F401 - re-exported
 
 
 def default_cache_dir() -> str:

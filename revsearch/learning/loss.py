@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-PAD_ID = 0
+from ..special_tokens import PAD_ID
 
 
 def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
@@ -15,7 +15,9 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
 
     The smoothing mass ``smoothing`` is spread uniformly over the vocabulary (fairseq's formulation:
     ``(1 - eps) * nll + eps * mean_v(-log p_v)``). Divide by the token count for a per-token loss."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    # half precision is lifted to float32 for the softmax; float64 stays float64 (the gradient checks)
+    logp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
+                             dim=-1)
     mask = target.ne(ignore_index)
     tgt = target.masked_fill(~mask, 0).unsqueeze(-1)
     nll = -logp.gather(-1, tgt).squeeze(-1)
@@ -24,3 +26,10 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
     loss = loss.masked_fill(~mask, 0.0).sum()
     nll = nll.masked_fill(~mask, 0.0).sum()
     return loss, nll, int(mask.sum())
+
+
+def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
+    """The same loss per target token (what the search differentiates): the smoothed sum divided by the
+    number of non-pad tokens."""
+    loss, _, ntokens = label_smoothed_nll(logits, target, label_smoothing)
+    return loss / max(ntokens, 1)

@@ -1,6 +1,6 @@
 """The multi-split reversible encoder-decoder skeleton shared by the DARTS supernet and derived models.
 
-Layout (method.md): factorized embeddings (V -> e -> width), the encoder hidden state chunked into n
+Layout (docs/method.md, "The split encoder-decoder"): factorized embeddings (V -> e -> width), the encoder hidden state chunked into n
 splits of width w = hidden / n, the decoder's into n + 1 splits of the same width w, whose last coupling
 function is a fixed cross-attention over the encoder output. Which coupling functions fill the other
 slots is the caller's business (``node_factory``): mixed DARTS nodes for the supernet, single chosen ops
@@ -22,8 +22,7 @@ from ..errors import ConfigError
 from ..ops import OpConfig, build_op
 from ..ops.incremental import IncrementalState, supports_incremental
 from ..reversible import MultiSplitCoupling, ReversibleStack
-
-PAD_ID = 0
+from ..special_tokens import PAD_ID
 
 
 @dataclass
@@ -67,7 +66,7 @@ class SplitSeq2SeqConfig:
 
 
 def pool_splits(splits: Sequence[Tensor], how: str) -> Tensor:
-    """Merge the other n-1 splits element-wise into one input for a node (method.md, Pool)."""
+    """Merge the other n-1 splits element-wise into one input for a node (docs/method.md, "A search node")."""
     if len(splits) == 1:
         return splits[0]
     stacked = torch.stack(list(splits))

@@ -1,9 +1,10 @@
 """The standard Transformer baseline (Vaswani et al. 2017) with the project's seq2seq interface.
 
-Factorized embeddings as in the searched models (method.md): ``Embedding(V, e)`` then ``Linear(e, d)``,
-sinusoidal positions added at width d; the output goes back d -> e and is multiplied with the embedding
-matrix when ``tie_embeddings`` (else a separate ``Linear(e, V)``). Encoder and decoder are stacks of
-``torch.nn`` Transformer layers, pre-LN by default (stable with short warm-up), post-LN optional.
+Factorized embeddings as in the searched models (docs/method.md, "The split encoder-decoder"):
+``Embedding(V, e)`` then ``Linear(e, d)``, sinusoidal positions added at width d; the output goes back
+d -> e and is multiplied with the embedding matrix when ``tie_embeddings`` (else a separate
+``Linear(e, V)``). Encoder and decoder are stacks of ``torch.nn`` Transformer layers, pre-LN by default
+(stable with short warm-up), post-LN optional.
 
 Interface shared with the derived models:
 ``encode(src) -> (memory [B,S,D], src_pad_mask [B,S] True at pad)``,
@@ -20,8 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..ops.incremental import IncrementalState
-
-PAD_ID = 0
+from ..special_tokens import PAD_ID
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Candidate operations of the DARTS search space (method.md, "A search node").
+"""Candidate operations of the DARTS search space (docs/method.md, "A search node").
 
 Every op is an ``nn.Module`` called as ``op(h, pad_mask=None, memory=None, memory_pad_mask=None)``
 returning a tensor shaped like ``h`` that is 0 at pad positions and never reads padding; with

@@ -91,7 +91,8 @@ class CrossAttention(nn.Module):
     Queries come from ``h`` (width ``dim``); keys and values are projected from ``memory`` (width
     ``memory_dim``, the full encoder width, which differs from a split's width) to ``dim``. Memory pad
     positions are zeroed and masked. Causality holds trivially: query t reads only its own input and
-    the memory. This is also the fixed coupling function G_{n+1} of a decoder layer (method.md).
+    the memory. This is also the fixed coupling function G_{n+1} of a decoder layer
+    (docs/method.md, "The split encoder-decoder").
     """
 
     def __init__(self, dim: int, memory_dim: Optional[int] = None, heads: int = 8, dropout: float = 0.1):

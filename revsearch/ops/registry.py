@@ -4,7 +4,7 @@ Names are the contract with the rest of the project (genotypes, sweep files, MLf
 are plain strings resolved in one place. Op *subsets* are first-class: a sweep may search over any
 non-empty, duplicate-free subset, validated by ``validate_op_names``.
 
-``build_op`` returns a ready-to-mix candidate ``õ`` (method.md, "A search node"): every op except
+``build_op`` returns a ready-to-mix candidate ``õ`` (docs/method.md, "A search node"): every op except
 ``zero`` and ``identity`` is wrapped as ``LayerNorm(h + dropout(o(h)))`` with pad positions zeroed.
 Only LayerNorm is used: BatchNorm's running statistics would be updated twice when the reversible engine
 recomputes a layer in the backward pass.

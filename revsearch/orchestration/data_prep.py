@@ -84,8 +84,10 @@ def shortest_max_len(sweep) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(corpus_dir: str, src_lang: str, tgt_lang: str, max_words: int):
-    return load_corpus(CorpusConfig(dir=corpus_dir, src_lang=src_lang, tgt_lang=tgt_lang, max_words=max_words))
+def load_prepared_corpus(prepared: PreparedData, max_words: int):
+    """The prepared corpus as text pairs, sentences longer than ``max_words`` dropped from training."""
+    return load_corpus(CorpusConfig(dir=prepared.corpus_dir, src_lang=prepared.src_lang,
+                                    tgt_lang=prepared.tgt_lang, max_words=max_words))
 
 
 def tokenizer_for(prepared: PreparedData, vocab_size: int, model_type: str = "unigram",
@@ -108,7 +110,7 @@ class EncodedData:
 
 def encoded_data(prepared: PreparedData, vocab_size: int, model_type: str = "unigram",
                  max_len: int = 128, log: Optional[Callable[[str], None]] = None) -> EncodedData:
-    corpus = _load(prepared.corpus_dir, prepared.src_lang, prepared.tgt_lang, max_len)
+    corpus = load_prepared_corpus(prepared, max_len)
     tokenizer = tokenizer_for(prepared, vocab_size, model_type, log)
     train = encode_pairs(tokenizer, corpus.train)
     keep, _ = filter_long(train, max_len)
@@ -117,7 +119,7 @@ def encoded_data(prepared: PreparedData, vocab_size: int, model_type: str = "uni
 
 
 def search_split(data: EncodedData, arch_fraction: float, seed: int) -> Tuple[List[EncodedPair], List[EncodedPair]]:
-    """(weight part, architecture part), disjoint by sentence pair (method.md, "Search")."""
+    """(weight part, architecture part), disjoint by sentence pair (docs/method.md, "Search")."""
     indices = list(range(len(data.train)))
     weight_idx, arch_idx = split_for_search(indices, arch_fraction, seed,
                                             key=lambda i: data.train_pairs[i])

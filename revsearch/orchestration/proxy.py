@@ -16,7 +16,6 @@ reads the test set.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any, Dict
 
 import torch
@@ -29,8 +28,7 @@ def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id:
     from ..train.decoding import DecodeConfig
     from ..train.evaluate import EvalConfig, evaluate_model
     from ..train.trainer import TrainConfig, Trainer
-    from .pipeline import retrain_candidates
-    from .trainables import build_retrain_model
+    from .candidates import build_retrain_model, retrain_candidates
 
     proxy = sweep.search.proxy_retrain
     start = time.perf_counter()
@@ -39,7 +37,8 @@ def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id:
     # The target must not depend on the trial: with retrain.hidden null stage 2 takes its reference width from
     # the chosen trial, but trials compared with each other all get the sweep's search.hidden as reference.
     reference = sweep.retrain.hidden or sweep.search.hidden
-    single = replace(sweep, retrain=replace(sweep.retrain, random_genotypes=0, baseline=True, hidden=reference))
+    retrain = sweep.retrain.model_copy(update={"random_genotypes": 0, "baseline": True, "hidden": reference})
+    single = sweep.model_copy(update={"retrain": retrain})
     chosen = [{"rank_in_search": 1, "trial_id": trial_id, "config": dict(trial_config),
                "genotype": genotype.to_json(), "genotype_key": genotype.key(), "search_run_id": "",
                "search_seconds": 0.0}]
@@ -52,7 +51,8 @@ def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id:
     config = TrainConfig(lr=proxy["lr"] or r.lr, warmup_steps=min(r.warmup_steps, max(1, proxy["steps"] // 4)),
                          max_tokens=proxy["max_tokens"] or r.max_tokens, label_smoothing=r.label_smoothing,
                          max_steps=proxy["steps"], valid_every=0, log_every=max(1, proxy["steps"]),
-                         quiet=True, save_dir=None, seed=sweep.seed, max_positions=candidate["max_len"])
+                         quiet=True, save_dir=None, seed=sweep.seed, max_positions=candidate["max_len"],
+                         precision=r.precision)
     result = Trainer(model, data.train, data.valid, config, model_spec=spec).train()
     pairs = data.valid_pairs[: proxy["valid_sentences"]]
     evaluation = evaluate_model(model, data.tokenizer, pairs, EvalConfig(decode=DecodeConfig(beam_size=proxy["beam"])))

@@ -8,6 +8,7 @@ the join fails, or passed on unchanged when it succeeds.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -95,8 +96,35 @@ def cluster_address(address: Optional[str]) -> Tuple[Optional[str], str]:
     return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
-    """Join ``address`` (or ``$RAY_ADDRESS``), or start a private local Ray without a dashboard."""
+#: Ray warnings that tell a revsearch user nothing they can act on; dropped unless ``verbose``
+QUIET_RAY_WARNINGS = (
+    "Token authentication is enabled for this Ray cluster",   # every local start, by design
+    "Experiment state snapshotting has been triggered",        # frequent checkpoints of short trials
+    "Failed to fetch metrics for",                             # a resumed trial that never reported
+)
+
+
+class _DropRayNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(noise) for noise in QUIET_RAY_WARNINGS)
+
+
+def quiet_ray_logging() -> None:
+    """The driver's "ray" logger: warnings and errors only, without :data:`QUIET_RAY_WARNINGS`."""
+    import ray  # noqa: F401 - configures the "ray" logger and its handler
+    ray_logger = logging.getLogger("ray")
+    ray_logger.setLevel(logging.WARNING)
+    for handler in ray_logger.handlers:
+        if not any(isinstance(f, _DropRayNoise) for f in handler.filters):
+            handler.addFilter(_DropRayNoise())
+
+
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None, verbose: bool = True) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``), or start a private local Ray without a dashboard.
+    ``verbose=False`` (the default console of ``revsearch run``): the workers' output is not copied to
+    this process (their "Checkpoint successfully created" lines, ANSI-coloured ``(trainable pid=N)``
+    prefixes; a trial's error still reaches the driver through Tune), and Ray logs warnings only."""
     address, name = cluster_address(address)
     if address:
         check_ray_address(address, name)  # before importing Ray: a bad address is answered in a second
@@ -104,14 +132,17 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
     if ray.is_initialized():
         return
     from ..interrupts import reclaim
+    options = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    if not verbose:
+        quiet_ray_logging()
     if not address:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **options)
         reclaim()   # Ctrl-C / SIGTERM handlers: ray.init() replaced the SIGTERM one
         return
     failure: Optional[BaseException] = None
     with _held_stderr() as output:
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, **options)
             reclaim()
         except Exception as err:  # noqa: BLE001 - every failure to join becomes one line below
             failure = err

@@ -193,6 +193,16 @@ def check_tracking_store(tracking_uri: str, experiment: str) -> None:
                           f"{type(err).__name__}: {mask_secrets(first)}") from None
 
 
+def check_existing_store(tracking_uri: str) -> None:
+    """For commands that only read (``report``, ``translate --model``): the URI's checks, and an SQLite
+    database that already exists (reading must not create an empty one). One ``ConfigError`` line."""
+    check_tracking_uri(tracking_uri)
+    _check_sqlite(tracking_uri)
+    path = sqlite_path(tracking_uri)
+    if path is not None and not os.path.exists(path):
+        raise ConfigError(f"tracking.uri: no MLflow database at {path} (nothing has been tracked there yet)")
+
+
 def default_tracking_uri(storage: str) -> str:
     return "sqlite:///" + os.path.join(os.path.abspath(storage), "mlflow.db")
 

@@ -13,17 +13,16 @@ import os
 import tempfile
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from ..models.split_seq2seq import SplitSeq2SeqConfig
-from ..models.transformer import StandardTransformer, count_parameters
+from ..models.transformer import count_parameters
 from ..search import BilevelSearch, Genotype, Supernet, SupernetConfig, build_derived_model
-from ..search.derive import derived_spec
 from ..search.loop import SearchData, SearchLoop
 from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cell
-from ..search.sizing import derived_model_config, transformer_config
+from .candidates import build_retrain_model
 from .data_prep import PreparedData, encoded_data, search_split
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
 
@@ -125,7 +124,7 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
                            trial_wall_seconds=wall)
             tracker.log_metrics(run_id, metrics, step)
             result = dict(metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
-                          mlflow_run_id=run_id)
+                          mlflow_run_id=run_id, total_steps=settings.steps)   # total: the live view's ETA
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 with tempfile.TemporaryDirectory() as directory:
                     torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
@@ -165,18 +164,6 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- stage 2
-def build_retrain_model(candidate: Dict[str, Any], vocab_size: int):
-    """(model, spec) for a derived or random genotype or the Transformer baseline, built from the
-    candidate's ``model`` dict exactly as ``search.sizing`` counted it (``ffn_dim`` absent: 4 × hidden)."""
-    m = candidate["model"]
-    if candidate["kind"] == "baseline":
-        model = StandardTransformer(transformer_config(m, vocab_size))
-        return model, model.spec()
-    genotype = Genotype.from_dict(json.loads(candidate["genotype"]), source=candidate["label"])
-    config = derived_model_config(m, vocab_size)
-    return build_derived_model(genotype, config), derived_spec(genotype, config)
-
-
 def retrain_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
     """Stage 2 as a Tune trial, one (candidate, seed) pair: every metric dict goes to ``tune.report``."""
     from ray import tune
@@ -203,10 +190,12 @@ def retrain_key(label: str, seed: int) -> str:
 
 
 def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
-                report: Callable[[Dict[str, Any]], None], seed: int = None) -> Dict[str, Any]:
+                report: Callable[[Dict[str, Any]], None], seed: int = None,
+                on_step: Optional[Callable[[int, float, float], None]] = None) -> Dict[str, Any]:
     """Train a candidate from scratch with one seed, score it with sacreBLEU on the validation set (what
     rankings and the registry decide on) and on the test set (reported only), log everything to its
-    MLflow run. Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``)."""
+    MLflow run. Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``
+    and a progress bar as ``on_step``, see ``Trainer``)."""
     from ..train.evaluate import EvalConfig, evaluate_model
     from ..train.decoding import DecodeConfig
     from ..train.trainer import TrainConfig, Trainer, load_evaluated_weights
@@ -252,14 +241,19 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
             valid_every=retrain["validate_every"], log_every=max(1, retrain["validate_every"] // 4),
             average_last=retrain["average_last"], keep_last=max(retrain["average_last"], 2),
             save_dir=save_dir, resume=True, quiet=True, seed=seed,
-            max_positions=candidate["max_len"])
+            max_positions=candidate["max_len"], precision=retrain["precision"])
+
+        # how long the training runs, for a progress view's time left (not logged to MLflow)
+        extent = {k: v for k, v in (("total_steps", train_config.max_steps),
+                                    ("budget_s", train_config.time_budget_s)) if v}
 
         def on_report(step: int, metrics: Dict[str, float]) -> None:
             tracker.log_metrics(run_id, metrics, step)
-            report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"step": step})
+            report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"step": step} | extent)
 
         trainer = Trainer(model, data.train, data.valid, train_config,
-                          spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report)
+                          spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report,
+                          on_step=on_step)
         result = trainer.train()
         # average_last > 1: the average of the last k checkpoints is what is scored and registered
         checkpoint = load_evaluated_weights(model, result)

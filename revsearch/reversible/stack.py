@@ -7,16 +7,22 @@ therefore independent of depth, at the price of one extra forward per layer.
 
 The very same modules also run with ``"plain"`` autograd (the reference every test compares against) or
 with per-layer ``"checkpoint"`` recomputation (the usual alternative, for benchmarks).
+
+Under ``torch.autocast`` (mixed precision) only the coupling functions run in low precision: the split
+states and the additive coupling are kept in float64 (``residual_splits``), the outputs handed back in
+float32, and backward recomputes each G_k under the forward's autocast state (``autocast.py``), so
+reconstruction stays exact. Without autocast nothing of this runs.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from .autocast import HALF_DTYPES, AutocastState, autocast_enabled_for
 from .coupling import MultiSplitCoupling
 from .rng import RNGState
 
@@ -41,7 +47,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
     Saved for backward: the final splits and the context; per layer only the RNG states (a few KB)."""
 
     @staticmethod
-    def forward(ctx, stack: "ReversibleStack", num_splits: int, num_context: int, *tensors):
+    def forward(ctx, stack: "ReversibleStack", function_dtype: Optional[torch.dtype], num_splits: int,
+                num_context: int, *tensors):
         splits = list(tensors[:num_splits])
         context = tuple(tensors[num_splits:num_splits + num_context])
         params = tensors[num_splits + num_context:]
@@ -49,11 +56,14 @@ class _ReversibleStackFunction(torch.autograd.Function):
         state = splits
         for layer in stack.layers:
             log: Optional[List[RNGState]] = [] if stack.preserve_rng_state else None
-            state = layer(state, context, rng_log=log)
+            state = layer(state, context, rng_log=log, function_dtype=function_dtype)
             rng_logs.append(log)
         # A split that no layer touched would alias an input; autograd needs fresh outputs.
         outputs = tuple(t.clone() if any(t is s for s in splits) else t for t in state)
         ctx.stack = stack
+        # the coupling functions are recomputed in backward under the forward's autocast state
+        ctx.autocast_state = AutocastState.capture(splits)
+        ctx.function_dtype = function_dtype
         ctx.num_splits = num_splits
         ctx.num_context = num_context
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
@@ -93,9 +103,11 @@ class _ReversibleStackFunction(torch.autograd.Function):
         state = [y.detach() for y in outputs]
         grads = [torch.zeros_like(y) if g is None else g for y, g in zip(state, grad_outputs)]
         for layer, log in zip(reversed(ctx.stack.layers), reversed(rng_logs)):
-            state, grads = layer.reverse_and_grad(state, grads, context, log, accumulate)
-        split_grads = [g if ctx.needs_input_grad[3 + i] else None for i, g in enumerate(grads)]
-        return (None, None, None, *split_grads, *context_grads, *param_grads)
+            state, grads = layer.reverse_and_grad(state, grads, context, log, accumulate,
+                                                  autocast_state=ctx.autocast_state,
+                                                  function_dtype=ctx.function_dtype)
+        split_grads = [g if ctx.needs_input_grad[4 + i] else None for i, g in enumerate(grads)]
+        return (None, None, None, None, *split_grads, *context_grads, *param_grads)
 
 
 class ReversibleStack(nn.Module):
@@ -119,6 +131,9 @@ class ReversibleStack(nn.Module):
         # Reentrant checkpointing recomputes under the caller's saved-tensor hooks (so memory meters
         # see the recompute) but only supports .backward(); the default supports autograd.grad too.
         self.checkpoint_reentrant = checkpoint_reentrant
+        # Under autocast the split states and the additive coupling are kept in this dtype and the
+        # coupling functions get their inputs in float32 (see ``residual_splits``).
+        self.autocast_state_dtype = torch.float64
 
     @property
     def mode(self) -> str:
@@ -134,33 +149,62 @@ class ReversibleStack(nn.Module):
     def num_splits(self) -> int:
         return self.layers[0].num_splits
 
-    def _plain(self, splits, context) -> List[Tensor]:
+    def _plain(self, splits, context, function_dtype=None) -> List[Tensor]:
         state = list(splits)
         for layer in self.layers:
-            state = layer(state, context)
+            state = layer(state, context, function_dtype=function_dtype)
         return state
 
+    def residual_splits(self, splits: Sequence[Tensor]) -> Tuple[List[Tensor], Optional[torch.dtype]]:
+        """The splits as the stack keeps them, and the dtype the coupling functions get their inputs in
+        (None: the states' own).
+
+        Without autocast: unchanged, whatever their dtype. Under autocast (mixed precision) only the
+        coupling functions run in low precision; the split states and the additive coupling are kept in
+        ``autocast_state_dtype`` (float64 by default) and each G_k gets float32 inputs, which autocast
+        casts down where it computes in bf16/fp16. Why wider than float32: backward rebuilds each G_k's
+        inputs from the outputs, off by the rounding of the states. In float32 that is ~1e-7 relative,
+        enough to flip the bf16 rounding of an input element now and then; a flipped element moves G_k
+        by a whole bf16 step (~4e-3), which the layers below amplify (measured: depth-12 supernet
+        encoder, rebuilt input 100x further off than in float32). With float64 states the rebuilt
+        inputs round to the same float32 values, so G_k is recomputed exactly. The float64 cost is the
+        element-wise additions and the stored final outputs, not the G_k.
+        """
+        splits = list(splits)
+        if not autocast_enabled_for(splits):
+            return splits, None
+        dtype = self.autocast_state_dtype
+        lifted = [s.to(dtype) if s.dtype in HALF_DTYPES + (torch.float32,) else s for s in splits]
+        return lifted, (torch.float32 if dtype != torch.float32 else None)
+
     def forward(self, splits: Sequence[Tensor], context: Sequence = ()) -> List[Tensor]:
-        splits, context = list(splits), tuple(context)
-        if len(splits) != self.num_splits:
-            raise ValueError(f"stack has {self.num_splits} splits, got {len(splits)} tensors")
+        inputs, context = list(splits), tuple(context)
+        if len(inputs) != self.num_splits:
+            raise ValueError(f"stack has {self.num_splits} splits, got {len(inputs)} tensors")
+        splits, function_dtype = self.residual_splits(inputs)
+        outputs = self._run(splits, context, function_dtype)
+        if function_dtype is not None:  # hand float32 back to the (autocast) model around the stack
+            outputs = [o.to(function_dtype) if o.dtype != s.dtype else o for o, s in zip(outputs, inputs)]
+        return outputs
+
+    def _run(self, splits: List[Tensor], context: tuple, function_dtype: Optional[torch.dtype]) -> List[Tensor]:
         if self.mode == "plain" or not torch.is_grad_enabled():
-            return self._plain(splits, context)
+            return self._plain(splits, context, function_dtype)
         if self.mode == "checkpoint":
-            return self._checkpointed(splits, context)
+            return self._checkpointed(splits, context, function_dtype)
         params = [p for p in self.parameters() if p.requires_grad]
         tensors = [t for t in splits + list(context) if isinstance(t, Tensor)]
         if not params and not any(t.requires_grad for t in tensors):
-            return self._plain(splits, context)
-        return list(_ReversibleStackFunction.apply(self, len(splits), len(context),
+            return self._plain(splits, context, function_dtype)
+        return list(_ReversibleStackFunction.apply(self, function_dtype, len(splits), len(context),
                                                    *splits, *context, *params))
 
-    def _checkpointed(self, splits, context) -> List[Tensor]:
+    def _checkpointed(self, splits, context, function_dtype=None) -> List[Tensor]:
         n = len(splits)
         state = list(splits)
         for layer in self.layers:
             def run(*tensors, layer=layer):
-                return tuple(layer(list(tensors[:n]), tensors[n:]))
+                return tuple(layer(list(tensors[:n]), tensors[n:], function_dtype=function_dtype))
             state = list(checkpoint(run, *state, *context, use_reentrant=self.checkpoint_reentrant,
                                     preserve_rng_state=self.preserve_rng_state))
         return state
@@ -168,9 +212,9 @@ class ReversibleStack(nn.Module):
     @torch.no_grad()
     def inverse(self, outputs: Sequence[Tensor], context: Sequence = ()) -> List[Tensor]:
         """Inputs from outputs, without replayed randomness (use in eval mode, or with no dropout)."""
-        state = list(outputs)
+        state, function_dtype = self.residual_splits(outputs)
         for layer in reversed(self.layers):
-            state = layer.inverse(state, tuple(context))
+            state = layer.inverse(state, tuple(context), function_dtype=function_dtype)
         return state
 
     @torch.no_grad()
@@ -179,15 +223,16 @@ class ReversibleStack(nn.Module):
         backward does (randomness replayed), and return per-layer errors, bottom layer first.
         Errors compound downwards, so layer 0 shows the accumulated error of the whole stack."""
         context = tuple(context)
-        inputs, logs, state = [], [], list(splits)
+        state, function_dtype = self.residual_splits(splits)
+        inputs, logs = [], []
         for layer in self.layers:
             inputs.append([t.clone() for t in state])
             log: List[RNGState] = []
-            state = layer(state, context, rng_log=log)
+            state = layer(state, context, rng_log=log, function_dtype=function_dtype)
             logs.append(log)
         report = []
         for i in reversed(range(len(self.layers))):
-            state = self.layers[i].inverse(state, context, logs[i])
+            state = self.layers[i].inverse(state, context, logs[i], function_dtype=function_dtype)
             true = torch.cat([t.flatten() for t in inputs[i]])
             rebuilt = torch.cat([t.flatten() for t in state])
             abs_err = (rebuilt - true).abs().max().item()

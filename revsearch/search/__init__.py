@@ -1,5 +1,6 @@
 """DARTS on top of the reversible engine: mixed nodes, the supernet, the bilevel step, genotypes."""
-from .bilevel import BilevelSearch, SearchConfig, sequence_loss
+from ..learning import sequence_loss
+from .bilevel import BilevelSearch, SearchConfig
 from .derive import build_derived_model
 from .genotype import Genotype, derive_genotype, uniform_genotype
 from .node import MixedNode

@@ -1,14 +1,14 @@
-"""The bilevel search step (method.md, "Search"): alternate one α step on the architecture part of the
-training data and one θ step on the weight part.
+"""The bilevel search step (docs/method.md, "Search"): alternate one α step on the architecture part of
+the training data and one θ step on the weight part.
 
 First-order DARTS by default. ``second_order=True`` uses the DARTS unrolled approximation: α's gradient
 is taken at a virtual θ' = θ − ξ∇θ L_w(θ, α), with the Hessian-vector term replaced by a finite
 difference (Liu et al. 2019, eq. 7–8). θ and α have separate optimizers; α is never in θ's.
 
-``alpha_warmup_steps`` is the DARTS practice against early collapse (method.md, "What makes a search
-result mean something"): for the first N steps only θ trains, so α is not pushed towards parameter-free
-ops while every learned op is still a random function. During warm-up the α step is skipped entirely
-(no forward on the architecture batch, no α optimizer step): α stays bit-identical.
+``alpha_warmup_steps`` is the DARTS practice against early collapse (docs/method.md, "What makes a
+search result mean something"): for the first N steps only θ trains, so α is not pushed towards
+parameter-free ops while every learned op is still a random function. During warm-up the α step is
+skipped entirely (no forward on the architecture batch, no α optimizer step): α stays bit-identical.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..models.split_seq2seq import PAD_ID
-from ..train.schedule import InverseSqrtSchedule
+from ..learning import InverseSqrtSchedule, sequence_loss
+from ..learning.precision import (LossScale, autocast, check_precision, float_logits, model_device_type,
+                                  validate_precision)
 from .supernet import Supernet
 
 # (source tokens, decoder input starting with bos, target ending with eos)
@@ -43,8 +43,10 @@ class SearchConfig:
     second_order: bool = False
     finite_difference_scale: float = 0.01
     derive_allow_zero: bool = False  # deriving the genotype: may a node keep ``zero``? (DARTS: never)
+    precision: str = "fp32"          # fp32 | bf16 | fp16: autocast of the forward passes (learning/precision.py)
 
     def __post_init__(self) -> None:
+        validate_precision(self.precision)
         if isinstance(self.alpha_warmup_steps, bool) or not isinstance(self.alpha_warmup_steps, int) \
                 or self.alpha_warmup_steps < 0:
             raise ConfigError(f"alpha_warmup_steps must be an integer >= 0, got {self.alpha_warmup_steps!r}")
@@ -59,12 +61,6 @@ class SearchConfig:
 
     def alpha_adam_betas(self) -> Tuple[float, float]:
         return self.betas if self.alpha_betas is None else self.alpha_betas
-
-
-def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
-    """Label-smoothed cross-entropy per target token, padding ignored."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=PAD_ID, label_smoothing=label_smoothing)
 
 
 @contextlib.contextmanager
@@ -93,10 +89,17 @@ class BilevelSearch:
                                                 weight_decay=config.alpha_weight_decay)
         self.schedule = InverseSqrtSchedule(config.lr, config.warmup_steps)
         self.step_count = 0
+        self.device_type = model_device_type(supernet)
+        check_precision(config.precision, self.device_type)
+        # fp16 gradients underflow without a loss scale; for fp32/bf16 this is the identity
+        self.loss_scale = LossScale(enabled=config.precision == "fp16")
 
     def loss(self, batch: Batch) -> Tensor:
+        """The training loss; the forward pass runs under the configured autocast, the loss in float32."""
         src, tgt_in, tgt_out = batch
-        return sequence_loss(self.model(src, tgt_in), tgt_out, self.config.label_smoothing)
+        with autocast(self.config.precision, self.device_type):
+            logits = self.model(src, tgt_in)
+        return sequence_loss(float_logits(logits, self.config.precision), tgt_out, self.config.label_smoothing)
 
     def current_lr(self) -> float:
         return self.schedule(self.step_count + 1)
@@ -110,45 +113,54 @@ class BilevelSearch:
         rate used; ``arch_loss`` is NaN on a warm-up step, where no architecture loss is computed."""
         self.model.train()
         lr = self.current_lr()
+        scale = self.loss_scale
         if self.alpha_frozen():
             arch_loss = torch.tensor(float("nan"))
         else:
             if self.config.second_order:
-                arch_loss = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
+                arch_loss, alpha_finite = self._second_order_alpha_grad(weight_batch, arch_batch, lr)
             else:
                 self.alpha_optimizer.zero_grad(set_to_none=True)
                 with frozen(self.weights):
                     arch_loss = self.loss(arch_batch)
-                    grads = torch.autograd.grad(arch_loss, self.alphas)
+                    grads = scale.grad(arch_loss, self.alphas)
+                alpha_finite = scale.finite(grads)
                 for a, g in zip(self.alphas, grads):
                     a.grad = g
-            self.alpha_optimizer.step()
+            if alpha_finite:  # always, except an fp16 step whose gradients overflowed
+                self.alpha_optimizer.step()
 
         for group in self.weight_optimizer.param_groups:
             group["lr"] = lr
         self.weight_optimizer.zero_grad(set_to_none=True)
         with frozen(self.alphas):
             weight_loss = self.loss(weight_batch)
-            grads = torch.autograd.grad(weight_loss, self.weights, allow_unused=True)
+            grads = scale.grad(weight_loss, self.weights, allow_unused=True)
         for w, g in zip(self.weights, grads):
             w.grad = g
-        if self.config.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.weights, self.config.clip_norm)
-        self.weight_optimizer.step()
+        if scale.finite(grads):
+            if self.config.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.weights, self.config.clip_norm)
+            self.weight_optimizer.step()
+        scale.update()
         self.step_count += 1
         return {"train_loss": float(weight_loss.detach()), "arch_loss": float(arch_loss.detach()), "lr": lr}
 
     # --- second order (DARTS unrolled, finite differences) ---------------------------------------
-    def _second_order_alpha_grad(self, weight_batch: Batch, arch_batch: Batch, xi: float) -> Tensor:
+    def _second_order_alpha_grad(self, weight_batch: Batch, arch_batch: Batch, xi: float) -> Tuple[Tensor, bool]:
+        """Sets α's ``.grad``; returns the architecture loss and whether every gradient was finite."""
+        scale = self.loss_scale
         backup = [w.detach().clone() for w in self.weights]
         # virtual step θ' = θ − ξ ∇θ L_w(θ, α)
-        grads_w = torch.autograd.grad(self.loss(weight_batch), self.weights, allow_unused=True)
+        grads_w = scale.grad(self.loss(weight_batch), self.weights, allow_unused=True)
+        finite = scale.finite(grads_w)
         with torch.no_grad():
             for w, g in zip(self.weights, grads_w):
                 if g is not None:
                     w.sub_(xi * g)
         arch_loss = self.loss(arch_batch)
-        grads = torch.autograd.grad(arch_loss, self.alphas + self.weights, allow_unused=True)
+        grads = scale.grad(arch_loss, self.alphas + self.weights, allow_unused=True)
+        finite = scale.finite(grads) and finite
         d_alpha = list(grads[:len(self.alphas)])
         d_weight = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[len(self.alphas):])]
         norm = torch.sqrt(sum((g * g).sum() for g in d_weight)).clamp_min(1e-12)
@@ -158,10 +170,11 @@ class BilevelSearch:
             with torch.no_grad():
                 for w, b, g in zip(self.weights, backup, d_weight):
                     w.copy_(b + sign * eps * g)
-            hessian_terms.append(list(torch.autograd.grad(self.loss(weight_batch), self.alphas)))
+            hessian_terms.append(list(scale.grad(self.loss(weight_batch), self.alphas)))
+            finite = scale.finite(hessian_terms[-1]) and finite
         with torch.no_grad():
             for w, b in zip(self.weights, backup):
                 w.copy_(b)
         for a, da, hp, hm in zip(self.alphas, d_alpha, *hessian_terms):
             a.grad = da - xi * (hp - hm) / (2 * eps)
-        return arch_loss.detach()
+        return arch_loss.detach(), finite

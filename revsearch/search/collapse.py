@@ -1,4 +1,5 @@
-"""How decided is a search, and is it collapsing? (method.md, "What makes a search result mean something")
+"""How decided is a search, and is it collapsing?
+(docs/method.md, "What makes a search result mean something")
 
 Two numbers per report, computed from a genotype alone (so they can be recomputed from the JSON logged to
 MLflow), next to the supernet's ``alpha_entropy``:
@@ -46,8 +47,8 @@ POSITION_MIXING_PREFIXES = ("conv", "dynconv", "self_attn")
 
 def decoder_lacks_target_context(genotype: Genotype) -> bool:
     """True when no searched decoder op mixes target positions (e.g. every slot ``cross_attn``): such a
-    decoder sees earlier target tokens only through pooling of the same position (method.md, "A decoder
-    needs target-side context"), a known degenerate outcome worth flagging in a ranking."""
+    decoder sees earlier target tokens only through pooling of the same position (docs/method.md, "A
+    decoder needs target-side context"), a known degenerate outcome worth flagging in a ranking."""
     ops = [op for layer in genotype.side("decoder").cell for op in layer]
     return not any(op.startswith(POSITION_MIXING_PREFIXES) for op in ops)
 

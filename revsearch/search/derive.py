@@ -2,8 +2,9 @@
 
 Same split topology as the supernet (n encoder splits, n + 1 decoder splits with the fixed
 cross-attention), each searchable slot filled with the op the genotype chose, and the genotype's cell
-stacked cyclically to the requested depth. Trained with plain backprop by default (method.md: only the
-search needs reconstruction); ``mode="reversible"`` is available for deep or wide models.
+stacked cyclically to the requested depth. Trained with plain backprop by default (docs/method.md,
+"Backprop with reconstruction": only the search needs reconstruction); ``mode="reversible"`` is
+available for deep or wide models.
 """
 from __future__ import annotations
 

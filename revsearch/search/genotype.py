@@ -8,10 +8,11 @@ the softmax probabilities it was chosen from::
                  "probabilities": [[[0.1, ...], [...]], ...]},
      "decoder": {...}}
 
-Derivation (method.md): every node keeps argmax softmax(α). As in DARTS, ``zero`` is never derived (a
-node whose largest weight is ``zero`` takes its next-best op) unless ``allow_zero`` is set; the rule used
-is recorded under ``"derivation"`` (e.g. ``{"rule": "argmax", "excluded": ["zero"]}``), which files
-written before it was recorded simply lack. It is provenance only: ``key()`` ignores it.
+Derivation (docs/method.md, "Derivation"): every node keeps argmax softmax(α). As in DARTS, ``zero`` is
+never derived (a node whose largest weight is ``zero`` takes its next-best op) unless ``allow_zero`` is
+set; the rule used is recorded under ``"derivation"`` (e.g. ``{"rule": "argmax", "excluded":
+["zero"]}``), which files written before it was recorded simply lack. It is provenance only: ``key()``
+ignores it.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ MAX_CELL_LAYERS = 64
 MAX_GENOTYPE_BYTES = 1 << 20
 SIDES = ("encoder", "decoder")
 #: ops DARTS never keeps when deriving a genotype ("none" in Liu et al. 2019): a node of ``zero`` is a
-#: removed node, which the argmax favours for reasons unrelated to accuracy (method.md)
+#: removed node, which the argmax favours for reasons unrelated to accuracy (docs/method.md, "Derivation")
 EXCLUDED_WHEN_DERIVING = ("zero",)
 
 

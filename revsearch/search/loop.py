@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..data.batching import Batch, EncodedPair, collate, make_batches
-from .bilevel import BilevelSearch, sequence_loss
+from ..learning import sequence_loss
+from .bilevel import BilevelSearch
 from .collapse import collapse_metrics
 from .genotype import derive_genotype
 from .trajectory import AlphaTrajectory
@@ -135,15 +136,18 @@ class SearchLoop:
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
-        return {"model": self.model.state_dict(),
-                "weight_optimizer": self.search.weight_optimizer.state_dict(),
-                "alpha_optimizer": self.search.alpha_optimizer.state_dict(),
-                "search_step_count": self.search.step_count,
-                "step": self.step, "step_seconds": self.step_seconds,
-                "weight_stream": self.weight_stream.state_dict(),
-                "arch_stream": self.arch_stream.state_dict(),
-                "alpha_trajectory": self.trajectory.state_dict(),
-                "rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(),
+                 "weight_optimizer": self.search.weight_optimizer.state_dict(),
+                 "alpha_optimizer": self.search.alpha_optimizer.state_dict(),
+                 "search_step_count": self.search.step_count,
+                 "step": self.step, "step_seconds": self.step_seconds,
+                 "weight_stream": self.weight_stream.state_dict(),
+                 "arch_stream": self.arch_stream.state_dict(),
+                 "alpha_trajectory": self.trajectory.state_dict(),
+                 "rng": torch.get_rng_state()}
+        if self.search.loss_scale.enabled:  # fp16 only: the dynamic loss scale continues where it was
+            state["loss_scale"] = self.search.loss_scale.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -157,3 +161,5 @@ class SearchLoop:
         if "alpha_trajectory" in state:  # checkpoints written before trajectories were kept have none
             self.trajectory.load_state_dict(state["alpha_trajectory"])
         torch.set_rng_state(state["rng"])
+        if "loss_scale" in state and self.search.loss_scale.enabled:
+            self.search.loss_scale.load_state_dict(state["loss_scale"])

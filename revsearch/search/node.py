@@ -1,4 +1,4 @@
-"""A DARTS search node: one coupling function G_k of the supernet (method.md, "A search node").
+"""A DARTS search node: one coupling function G_k of the supernet (docs/method.md, "A search node").
 
     H   = Pool(other splits)                      max (default) or mean, element-wise
     G_k = sum_o softmax(alpha_k)_o * o~(H)        o~(H) = LayerNorm(H + o(H)) except zero and identity

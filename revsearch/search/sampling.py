@@ -1,11 +1,12 @@
 """The sampling baseline: genotypes drawn uniformly at random from a search's own space.
 
-method.md (results): architectures sampled uniformly from the same space and retrained under the same
-budget fall far below both DARTSformer and the Transformer. Without this baseline a derived model that
-beats the Transformer could owe it to the space (the split topology, the op set) rather than to the
-search. Each node's op is drawn independently and uniformly from the candidates a derivation may keep
-(``zero`` excluded unless allowed, as when deriving), so every genotype of that space is equally likely;
-duplicates and the genotypes to avoid (the derived ones) are redrawn.
+The paper's sampling baseline (docs/method.md, "The floor: random genotypes"): architectures sampled
+uniformly from the same space and retrained under the same budget fall far below both DARTSformer and
+the Transformer. Without this baseline a derived model that beats the Transformer could owe it to the
+space (the split topology, the op set) rather than to the search. Each node's op is drawn independently
+and uniformly from the candidates a derivation may keep (``zero`` excluded unless allowed, as when
+deriving), so every genotype of that space is equally likely; duplicates and the genotypes to avoid (the
+derived ones) are redrawn.
 """
 from __future__ import annotations
 

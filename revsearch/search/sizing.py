@@ -8,7 +8,7 @@ width moves (and, for the Transformer, its FFN width when no model width lands c
 
 Counting builds the model on the meta device (no memory is allocated), so the count is exact for the
 very model the retrain builds: :func:`derived_model_config` / :func:`transformer_config` are what
-``orchestration.trainables.build_retrain_model`` builds from. Counts grow with width at a fixed head
+``orchestration.candidates.build_retrain_model`` builds from. Counts grow with width at a fixed head
 count, so a bisection over widths finds the two around the target.
 
 Width rules, from the models' constraints:

@@ -4,8 +4,7 @@ from .checkpoint import (average_checkpoints, build_model, load_checkpoint, load
                          save_checkpoint)
 from .decoding import DecodeConfig, beam_search, greedy_decode, translate, translate_ids
 from .evaluate import EvalConfig, EvalResult, evaluate_model, score
-from .loss import label_smoothed_nll
-from .schedule import InverseSqrtSchedule
+from ..learning import InverseSqrtSchedule, label_smoothed_nll
 from .trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = ["average_checkpoints", "build_model", "load_checkpoint", "load_for_inference", "save_checkpoint",

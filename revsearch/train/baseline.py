@@ -50,7 +50,7 @@ class BaselineConfig:
 
 
 def run_baseline(cfg: BaselineConfig, log: Optional[Callable[[str], None]] = None,
-                 on_report=None) -> dict:
+                 on_report=None, on_step=None) -> dict:
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -71,7 +71,7 @@ def run_baseline(cfg: BaselineConfig, log: Optional[Callable[[str], None]] = Non
     if cfg.out_dir:
         tcfg = TrainConfig(**dict(asdict(tcfg), save_dir=str(Path(cfg.out_dir) / "checkpoints")))
     trainer = Trainer(model, train, valid, tcfg, spm_model=tokenizer.model_proto, model_spec=model.spec(),
-                      on_report=on_report, log=log)
+                      on_report=on_report, log=log, on_step=on_step)
     result = trainer.train()
     evaluated = "best"
     if "avg" in result.checkpoints:

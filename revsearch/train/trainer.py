@@ -31,10 +31,11 @@ from ..data.batching import EncodedPair, collate, filter_long, make_batches
 from ..errors import ConfigError, RevsearchError
 from .checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
                          step_checkpoints)
-from .loss import label_smoothed_nll
-from .schedule import InverseSqrtSchedule
+from ..learning import InverseSqrtSchedule, label_smoothed_nll
+from ..learning.precision import LossScale, autocast, check_precision, float_logits, validate_precision
 
 Reporter = Callable[[int, Dict[str, float]], None]
+StepHook = Callable[[int, float, float], None]   # (step, training seconds, loss per token since the last report)
 
 
 @dataclass
@@ -62,9 +63,11 @@ class TrainConfig:
     restore_best: bool = True          # load the best-validation weights into the model at the end
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"            # fp32 | bf16 | fp16: autocast of the training forward passes
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        validate_precision(self.precision, "training config: precision")
         checks = [(self.max_tokens >= 1, "max_tokens must be >= 1"),
                   (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
                   (self.clip_norm >= 0, "clip_norm must be >= 0"),
@@ -112,10 +115,14 @@ def load_evaluated_weights(model: nn.Module, result: TrainResult) -> str:
 class Trainer:
     def __init__(self, model: nn.Module, train: Sequence[EncodedPair], valid: Sequence[EncodedPair],
                  config: TrainConfig, spm_model: Optional[bytes] = None, model_spec: Optional[dict] = None,
-                 on_report: Optional[Reporter] = None, log: Optional[Callable[[str], None]] = None):
+                 on_report: Optional[Reporter] = None, log: Optional[Callable[[str], None]] = None,
+                 on_step: Optional[StepHook] = None):
         self.cfg = config
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
+        check_precision(config.precision, self.device.type, "training config: precision")
+        # fp16 gradients underflow without a loss scale; for fp32/bf16 this is the identity
+        self.loss_scale = LossScale(enabled=config.precision == "fp16")
         keep, self.filtered_long = filter_long(train, config.max_positions)
         if not keep:
             raise RevsearchError(f"no training pairs fit max_positions={config.max_positions}")
@@ -124,6 +131,7 @@ class Trainer:
         self.spm_model = spm_model
         self.model_spec = model_spec if model_spec is not None else getattr(model, "spec", lambda: {})()
         self.on_report = on_report
+        self.on_step = on_step
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.schedule = InverseSqrtSchedule(config.lr, config.warmup_steps)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.schedule(1), betas=config.betas,
@@ -154,6 +162,8 @@ class Trainer:
                          epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, rng=rng,
                          elapsed_s=self.elapsed, tokens=self.tokens, bad_rounds=self.bad_rounds,
                          last_valid=self.last_valid, history=self.history)
+            if self.loss_scale.enabled:
+                state["loss_scale"] = self.loss_scale.state_dict()
         return state
 
     def _resume(self, path: Path) -> None:
@@ -170,6 +180,8 @@ class Trainer:
         self.best_valid, self.best_step = st.get("best_valid", math.inf), st.get("best_step", 0)
         self.bad_rounds, self.last_valid = st.get("bad_rounds", 0), st.get("last_valid", math.inf)
         self.history = list(st.get("history", []))
+        if "loss_scale" in st and self.loss_scale.enabled:
+            self.loss_scale.load_state_dict(st["loss_scale"])
         rng = st.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
@@ -257,19 +269,27 @@ class Trainer:
                 batch = collate(self.train_data, batches[self.batch_in_epoch]).to(self.device)
                 self.step += 1
                 lr = self.schedule.apply(self.optimizer, self.step)
-                loss, nll, ntok = label_smoothed_nll(model(batch.src, batch.tgt_in), batch.tgt_out,
+                with autocast(cfg.precision, self.device.type):
+                    logits = model(batch.src, batch.tgt_in)
+                loss, nll, ntok = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
                                                      cfg.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
-                (loss / max(ntok, 1)).backward()
-                gnorm = (float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
-                         if cfg.clip_norm > 0 else math.nan)
-                self.optimizer.step()
+                self.loss_scale.backward(loss / max(ntok, 1), list(model.parameters()))
+                if self.loss_scale.finite([p.grad for p in model.parameters()]):
+                    gnorm = (float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+                             if cfg.clip_norm > 0 else math.nan)
+                    self.optimizer.step()
+                else:  # fp16 only: an overflowed step is skipped and the loss scale backs off
+                    gnorm = math.inf
+                self.loss_scale.update()
                 self.batch_in_epoch += 1
                 self.tokens += ntok
                 dt = time.perf_counter() - t0
                 win_loss, win_nll, win_tok, win_time = (win_loss + loss.item(), win_nll + nll.item(),
                                                         win_tok + ntok, win_time + dt)
                 self.elapsed = elapsed0 + time.perf_counter() - start
+                if self.on_step is not None:   # a progress bar's tick: (step, training seconds, window loss)
+                    self.on_step(self.step, self.elapsed, win_loss / max(win_tok, 1))
                 if self.step % cfg.log_every == 0:
                     tok_s = win_tok / max(win_time, 1e-9)
                     metrics = {"train_loss": win_loss / max(win_tok, 1), "train_nll": win_nll / max(win_tok, 1),
