@@ -12,23 +12,13 @@ import torch
 
 from revsearch.errors import ConfigError
 from revsearch.learning.precision import LossScale, autocast_supported, check_precision
-from revsearch.reversible import ReversibleStack
 from revsearch.reversible.autocast import AutocastState, replayed_autocast
-from revsearch.reversible.rng import RNGState
 from revsearch.search import BilevelSearch, SearchConfig, Supernet
 from revsearch.train.trainer import TrainConfig
 from tests.reversible_fixtures import make_inputs, make_stack
 from tests.search_fixtures import reversal_batch, tiny_config
 
 DEPTH = 12
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rebuilt_input_error(precision: str, replay: bool = True, splits: int = 3, width: int = 16,

@@ -1,6 +1,5 @@
 """Ranking files and the Pareto front used for multi-objective sweeps."""
 import csv
-import io
 import math
 
 from revsearch.orchestration.ranking import (RankRow, SeedResult, aggregate, pareto_front, plot_pareto, rank,

@@ -12,14 +12,6 @@ from revsearch.train.checkpoint import average_checkpoints, load_checkpoint, sav
 from revsearch.train.trainer import TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def data(n=40, seed=0):
     r = random.Random(seed)
     out = []

@@ -15,7 +15,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import causal_mask, check_inputs, masked_softmax, resolve_heads, zero_pads

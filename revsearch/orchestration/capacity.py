@@ -9,9 +9,7 @@ the supernet's parameters are counted on PyTorch's ``meta`` device (shapes, no m
 """
 from __future__ import annotations
 
-import itertools
 import os
-import random
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
@@ -65,24 +63,10 @@ def supernet_parameters(supernet: Dict, vocab_size: int) -> float:
 
 def _trials(sweep) -> List[Dict]:
     """Space parameters of the trials to estimate: none (the fixed settings) and the space's extremes."""
-    from .space import candidate_values
-    sampled = [p for p in sweep.space.values() if p.sampled]
-    out: List[Dict] = [{}]
-    if not sampled:
-        return out
-    options = [candidate_values(p) for p in sampled]
-    count = 1
-    for o in options:
-        count *= len(o)
-        if count > ESTIMATED_COMBINATIONS:
-            break
-    if count <= ESTIMATED_COMBINATIONS:
-        combos = list(itertools.product(*options))
-    else:
-        rng = random.Random(0)
-        combos = [tuple(rng.choice(o) for o in options) for _ in range(ESTIMATED_COMBINATIONS)]
-    out.extend(dict(zip((p.name for p in sampled), combo)) for combo in combos)
-    return out
+    from .space import space_combinations
+    if not any(p.sampled for p in sweep.space.values()):
+        return [{}]
+    return [{}] + space_combinations(sweep, ESTIMATED_COMBINATIONS, ESTIMATED_COMBINATIONS)
 
 
 def trial_memory_estimate(sweep) -> Tuple[float, str]:

@@ -298,24 +298,30 @@ def candidate_values(param: SpaceParam) -> List[Any]:
     return [param.low, param.high]
 
 
-def check_space_combinations(sweep: SweepConfig) -> None:
-    """Resolve every combination of the space's discrete values and range ends (or, for a large
-    space, a fixed pseudo-random sample of them) so an invalid combination fails at load time."""
+def space_combinations(sweep: SweepConfig, limit: int, samples: int, with_first: bool = False) -> List[Dict]:
+    """Space parameters of representative trials: every combination of the sampled parameters'
+    candidate values (discrete values, range ends) when there are at most ``limit``, else ``samples``
+    seeded pseudo-random ones, after the all-first-values combination when ``with_first``."""
     sampled = [p for p in sweep.space.values() if p.sampled]
     options = [candidate_values(p) for p in sampled]
     total = 1
-    for o in options:
-        total *= len(o)
-        if total > MAX_ENUMERATED:
+    for values in options:
+        total *= len(values)
+        if total > limit:
             break
-    if total <= MAX_ENUMERATED:
-        combos = itertools.product(*options)
+    if total <= limit:
+        combos = list(itertools.product(*options))
     else:
         rng = random.Random(0)
-        combos = [tuple(o[0] for o in options)] + [tuple(rng.choice(o) for o in options)
-                                                   for _ in range(SAMPLED_CHECKS)]
-    for combo in combos:
-        params = dict(zip((p.name for p in sampled), combo))
+        combos = ([tuple(values[0] for values in options)] if with_first else []) + [
+            tuple(rng.choice(values) for values in options) for _ in range(samples)]
+    return [dict(zip((p.name for p in sampled), combo)) for combo in combos]
+
+
+def check_space_combinations(sweep: SweepConfig) -> None:
+    """Resolve every combination of the space's discrete values and range ends (or, for a large
+    space, a fixed pseudo-random sample of them) so an invalid combination fails at load time."""
+    for params in space_combinations(sweep, MAX_ENUMERATED, SAMPLED_CHECKS, with_first=True):
         try:
             resolve_trial(sweep, params)
         except ConfigError as e:

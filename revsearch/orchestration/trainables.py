@@ -8,7 +8,6 @@ its checkpoint, so a restart continues the run on the same step axis instead of 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
