@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, RevsearchError
 from .space import check_space_combinations
-from .sweep_errors import first_error, located, one_line, show
+from .sweep_errors import first_error, located, one_line, quoted_value
 from .sweep_model import MAX_NUM_SAMPLES, TOP_KEYS, SweepConfig
 from .sweep_retrain import SIZE_DEFAULTS, RetrainSection, SizeSection
 from .sweep_search import (PROXY_DEFAULTS, SEARCH_KEYS, SEARCH_PAIR_KEYS, SEARCH_SPACE_KEYS, ProxyRetrainSection,
@@ -30,7 +30,7 @@ from .sweep_yaml import MAX_SWEEP_BYTES, MAX_YAML_NODES, SweepYamlLoader, parse_
 
 __all__ = ["SweepConfig", "DataSection", "SearchSection", "ProxyRetrainSection", "SpaceParam", "ObjectiveSection",
            "SchedulerSection", "ResourcesSection", "RetrainSection", "SizeSection", "TrackingSection",
-           "load_sweep", "validate_sweep_dict", "check_tracking_uri", "parse_yaml_text", "show",
+           "load_sweep", "validate_sweep_dict", "check_tracking_uri", "parse_yaml_text", "quoted_value",
            "SweepYamlLoader", "TOP_KEYS", "SEARCH_KEYS", "SEARCH_SPACE_KEYS", "SEARCH_PAIR_KEYS",
            "DATA_SPACE_KEYS", "DATA_KINDS", "FULL_OP_SET", "SEARCH_METRICS", "PROXY_METRICS", "SPACE_TYPES",
            "MAX_NUM_SAMPLES", "MAX_CHOICE_VALUES", "MAX_SWEEP_BYTES", "MAX_YAML_NODES", "PROXY_DEFAULTS",

@@ -27,7 +27,7 @@ PROBLEM = "sweep_problem"
 
 
 # --- values in messages ---------------------------------------------------------------------------
-def show(value: Any, limit: int = 60) -> str:
+def quoted_value(value: Any, limit: int = 60) -> str:
     """A short one-line repr for messages. Bounded work: containers are cut before they are rendered
     (a value built from YAML aliases can stand for billions of elements; its full repr would never end)."""
     shower = reprlib.Repr()
@@ -68,7 +68,7 @@ def key_path(path: Sequence[Any]) -> str:
         elif isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9_-]+", p):
             parts.append(("." if parts else "") + p)
         else:
-            parts.append(("." if parts else "") + show(p, 40))
+            parts.append(("." if parts else "") + quoted_value(p, 40))
     return "".join(parts)
 
 
@@ -204,14 +204,14 @@ def error_line(error: dict, model: type) -> Tuple[Tuple[Any, ...], str]:
     annotation, info, _ = field_at(model, loc)
     if kind == "missing" and loc and is_int(loc[-1]):   # a tuple too short: the tuple is wrong
         annotation, info, _ = field_at(model, loc[:-1])
-        return loc[:-1], f"must be {describe(annotation, info)}, got {show(value)}"
+        return loc[:-1], f"must be {describe(annotation, info)}, got {quoted_value(value)}"
     if kind == "missing":
         extra = info.json_schema_extra if info is not None else None
         note = extra.get("required") if isinstance(extra, dict) else None
         return loc, "required" + (f": {note}" if note else "")
     if annotation is None:
-        return loc, f"invalid value {show(value)}: {one_line(error.get('msg', ''), 120)}"
-    return loc, f"must be {describe(annotation, info)}, got {show(value)}" + literal_hint(annotation, value)
+        return loc, f"invalid value {quoted_value(value)}: {one_line(error.get('msg', ''), 120)}"
+    return loc, f"must be {describe(annotation, info)}, got {quoted_value(value)}" + literal_hint(annotation, value)
 
 
 def _document_order(error: dict, model: type) -> Tuple[int, ...]:

@@ -17,7 +17,7 @@ from typing_extensions import Annotated
 
 from ..errors import ConfigError
 from ..ops.registry import DECODER_OPS, ENCODER_OPS, validate_op_names
-from .sweep_errors import is_int, one_line, problem, show
+from .sweep_errors import is_int, one_line, problem, quoted_value
 from .sweep_fields import Int, doc, plain
 from .sweep_retrain import RetrainSection
 from .sweep_search import SearchSection
@@ -92,7 +92,7 @@ class SweepConfig(BaseModel):
             return {}
         if not isinstance(raw, dict):
             raise problem((), f"must be a mapping of op set name -> {{encoder: [...], decoder: [...]}}, "
-                              f"got {show(raw)}")
+                              f"got {quoted_value(raw)}")
         out = {}
         for name, entry in raw.items():
             if name == FULL_OP_SET:
@@ -100,7 +100,7 @@ class SweepConfig(BaseModel):
             if not isinstance(name, str) or not _is_name(name):
                 raise problem((name,), "op set names must be letters, digits, - and _")
             if not isinstance(entry, dict):
-                raise problem((name,), f"must be a mapping with keys encoder, decoder, got {show(entry)}")
+                raise problem((name,), f"must be a mapping with keys encoder, decoder, got {quoted_value(entry)}")
             for key in entry:
                 if key not in ("encoder", "decoder"):
                     hint = difflib.get_close_matches(key, ("encoder", "decoder"), n=1) if isinstance(key, str) else []
@@ -110,10 +110,10 @@ class SweepConfig(BaseModel):
             for side, full in (("encoder", ENCODER_OPS), ("decoder", DECODER_OPS)):
                 ops = entry.get(side, list(full))
                 if not isinstance(ops, list):
-                    raise problem((name, side), f"must be a list of op names, got {show(ops)}")
+                    raise problem((name, side), f"must be a list of op names, got {quoted_value(ops)}")
                 for i, op in enumerate(ops):
                     if not isinstance(op, str):
-                        raise problem((name, side, i), f"must be an op name ({', '.join(full)}), got {show(op)}")
+                        raise problem((name, side, i), f"must be an op name ({', '.join(full)}), got {quoted_value(op)}")
                 try:
                     sets[side] = validate_op_names(ops, decoder=side == "decoder")
                 except ConfigError as e:
@@ -126,7 +126,7 @@ class SweepConfig(BaseModel):
     def _op_set_defined(cls, search: SearchSection, info: ValidationInfo) -> SearchSection:
         known = (FULL_OP_SET,) + tuple(info.data.get("op_sets", {}))
         if search.op_set not in known:
-            raise problem(("op_set",), f"unknown op set {show(search.op_set)}; defined: {', '.join(known)}")
+            raise problem(("op_set",), f"unknown op set {quoted_value(search.op_set)}; defined: {', '.join(known)}")
         return search
 
     @field_validator("space", mode="before")

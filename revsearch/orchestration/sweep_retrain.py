@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import AfterValidator, Field, model_validator
 from typing_extensions import Annotated
 
-from .sweep_errors import problem, show
+from .sweep_errors import problem, quoted_value
 from .sweep_fields import Fraction, Int, Number, OptInt, OptNumber, doc
 from .sweep_sections import MAX_RANDOM_GENOTYPES, MAX_SEEDS, Section, as_dict
 
@@ -85,7 +85,7 @@ class RetrainSection(Section):
     @model_validator(mode="after")
     def _rules(self):
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise problem(("seeds",), f"seeds must be distinct, got {show(self.seeds)}")
+            raise problem(("seeds",), f"seeds must be distinct, got {quoted_value(self.seeds)}")
         if self.steps is None and self.budget_minutes is None:
             raise problem(("steps",), "retrain.steps and retrain.budget_minutes cannot both be null")
         return self

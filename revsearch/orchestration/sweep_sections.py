@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from typing_extensions import Annotated
 
 from ..data.synthetic import SyntheticConfig
-from .sweep_errors import INT64_MAX, problem, show
+from .sweep_errors import INT64_MAX, problem, quoted_value
 from .sweep_fields import DirectoryPath, Int, Number, OptInt, Probability, doc, plain
 
 DATA_KINDS = ("synthetic", "corpus", "wmt14")
@@ -167,10 +167,10 @@ class DataSection(Section):
                 given = getattr(self, key)
                 if given is not None and given != want:
                     raise problem((key,), f"must be {want!r} for data.kind {self.kind}"
-                                          + (f" {self.pair}" if self.pair else "") + f", got {show(given)}")
+                                          + (f" {self.pair}" if self.pair else "") + f", got {quoted_value(given)}")
             self.src_lang, self.tgt_lang = fixed
         elif self.src_lang is not None and self.src_lang == self.tgt_lang:
-            raise problem(("tgt_lang",), f"must differ from data.src_lang, got {show(self.tgt_lang)}")
+            raise problem(("tgt_lang",), f"must differ from data.src_lang, got {quoted_value(self.tgt_lang)}")
         return self
 
     def synthetic_config(self) -> SyntheticConfig:
@@ -180,9 +180,9 @@ class DataSection(Section):
 def resolve_directory(value: str, info: ValidationInfo) -> str:
     """A local directory path, absolute: relative ones resolve against the sweep file's directory."""
     if not value.strip() or "\0" in value:
-        raise problem((), f"must be a directory path, got {show(value)}")
+        raise problem((), f"must be a directory path, got {quoted_value(value)}")
     if URI_SCHEME_RE.match(value) and not re.match(r"^[A-Za-z]:[\\/]", value):
-        raise problem((), f"must be a local (or shared-filesystem) directory path, got {show(value)}")
+        raise problem((), f"must be a local (or shared-filesystem) directory path, got {quoted_value(value)}")
     base_dir = (info.context or {}).get("base_dir") or os.getcwd()
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
 
@@ -196,7 +196,7 @@ def normalize_objective(data: dict) -> dict:
     def one_of(value: Any, choices: Tuple[str, ...], path: tuple) -> str:
         if not isinstance(value, str) or value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-            raise problem(path, f"must be one of: {', '.join(choices)}, got {show(value)}"
+            raise problem(path, f"must be one of: {', '.join(choices)}, got {quoted_value(value)}"
                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         return value
 
@@ -206,7 +206,7 @@ def normalize_objective(data: dict) -> dict:
         for i, x in enumerate(metric):
             one_of(x, SEARCH_METRICS, ("metric", i))
         if len(set(metric)) != len(metric):
-            raise problem(("metric",), f"metrics must be distinct, got {show(metric)}")
+            raise problem(("metric",), f"metrics must be distinct, got {quoted_value(metric)}")
         if isinstance(mode, list):
             if len(mode) != len(metric):
                 raise problem(("mode",), f"must have one entry per metric ({len(metric)}), got {len(mode)}")
@@ -281,7 +281,7 @@ def resolve_tracking_uri(uri: Any, base_dir: str) -> Optional[str]:
     if uri is None:
         return None
     if not isinstance(uri, str) or not (URI_SCHEME_RE.match(uri) or uri == "databricks"):
-        raise ValueError(f"must be {TRACKING_URI_ALLOWED}, got {show(uri)}")
+        raise ValueError(f"must be {TRACKING_URI_ALLOWED}, got {quoted_value(uri)}")
     if uri.startswith("file:"):
         raise ValueError("MLflow 3.17 refuses file stores; use sqlite:////abs/mlflow.db or a tracking server")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":

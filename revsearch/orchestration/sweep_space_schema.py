@@ -20,7 +20,7 @@ from typing_extensions import Annotated
 from ..errors import ConfigError
 from .space_expr import expr_names
 from .sweep_errors import (INT64_MAX, describe, first_error, is_int, literal_hint, number_text, one_line, problem,
-                           show, value_kind)
+                           quoted_value, value_kind)
 from .sweep_search import SEARCH_SPACE_KEYS, SearchSection
 from .sweep_sections import FULL_OP_SET, DataSection
 
@@ -55,7 +55,7 @@ def check_setting(target: str, key: str, value: Any, nullable: bool = True) -> A
     except ValidationError:
         info = setting_field(target, key)
         raise ValueError(f"must be {describe(info.annotation, info, nullable_prefix=nullable)}, got "
-                         f"{show(value)}{literal_hint(info.annotation, value)}") from None
+                         f"{quoted_value(value)}{literal_hint(info.annotation, value)}") from None
 
 
 def setting_kind(target: str, key: str) -> str:
@@ -151,7 +151,7 @@ def build_space(raw: Any, op_sets: Dict[str, Any]) -> Dict[str, SpaceParam]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise problem((), f"must be a mapping of parameter name -> {{type: ...}}, got {show(raw)}")
+        raise problem((), f"must be a mapping of parameter name -> {{type: ...}}, got {quoted_value(raw)}")
     for name in raw:
         if not isinstance(name, str) or not re.match(PARAM_PATTERN, name):
             raise problem((name,), "parameter names must be identifiers (letters, digits, _; not starting "
@@ -161,10 +161,10 @@ def build_space(raw: Any, op_sets: Dict[str, Any]) -> Dict[str, SpaceParam]:
     for name, spec in raw.items():
         target = setting_target(name)
         if not isinstance(spec, dict):
-            raise problem((name,), f"must be a mapping with a type ({', '.join(SPACE_TYPES)}), got {show(spec)}")
+            raise problem((name,), f"must be a mapping with a type ({', '.join(SPACE_TYPES)}), got {quoted_value(spec)}")
         kind = spec.get("type")
         if kind not in SPACE_TYPES:
-            raise problem((name, "type"), ("required" if kind is None else f"unknown type {show(kind)}")
+            raise problem((name, "type"), ("required" if kind is None else f"unknown type {quoted_value(kind)}")
                           + f"; one of: {', '.join(SPACE_TYPES)}")
         try:
             SPEC_MODELS[kind].model_validate(spec)
@@ -204,7 +204,7 @@ def _reference(name: str, earlier: Dict[str, SpaceParam], path: Tuple) -> None:
 def _derived(expr: Any, where: Tuple, earlier: Dict[str, SpaceParam], target: Optional[str], name: str) -> str:
     if not isinstance(expr, str) or not expr.strip():
         raise problem(where + ("expr",), f"must be an arithmetic expression over earlier parameters, "
-                                         f"got {show(expr)}")
+                                         f"got {quoted_value(expr)}")
     try:
         used = expr_names(expr)
     except ConfigError as e:
@@ -219,7 +219,7 @@ def _derived(expr: Any, where: Tuple, earlier: Dict[str, SpaceParam], target: Op
 
 def _choice_values(values: Any, path: Tuple, target: Optional[str], name: str, op_sets: Dict[str, Any]) -> list:
     if not isinstance(values, list) or not values:
-        raise problem(path, f"must be a non-empty list, got {show(values)}")
+        raise problem(path, f"must be a non-empty list, got {quoted_value(values)}")
     if len(values) > MAX_CHOICE_VALUES:
         raise problem(path, f"{len(values):,} values; at most {MAX_CHOICE_VALUES:,} (a space this large cannot "
                             f"be enumerated or usefully searched; use type int, uniform or loguniform for a range)")
@@ -227,21 +227,21 @@ def _choice_values(values: Any, path: Tuple, target: Optional[str], name: str, o
     seen = set()   # hashable scalars; set membership is == (1 == 1.0 == True)
     for i, v in enumerate(values):
         if v is not None and not isinstance(v, (bool, int, float, str)):
-            raise problem(path + (i,), f"must be null, a boolean, a number or a string, got {show(v)}")
+            raise problem(path + (i,), f"must be null, a boolean, a number or a string, got {quoted_value(v)}")
         if isinstance(v, float) and not math.isfinite(v):
-            raise problem(path + (i,), f"must be a finite number, got {show(v)}")
+            raise problem(path + (i,), f"must be a finite number, got {quoted_value(v)}")
         if is_int(v) and abs(v) > INT64_MAX:
-            raise problem(path + (i,), f"must fit in 64 bits, got {show(v)}")
+            raise problem(path + (i,), f"must fit in 64 bits, got {quoted_value(v)}")
         if target is not None:
             try:
                 check_setting(target, name, v)
             except ValueError as e:
                 raise problem(path + (i,), str(e)) from None
             if name == "op_set" and v not in (FULL_OP_SET, *op_sets):
-                raise problem(path + (i,), f"unknown op set {show(v)}; defined: "
+                raise problem(path + (i,), f"unknown op set {quoted_value(v)}; defined: "
                                            f"{', '.join((FULL_OP_SET,) + tuple(op_sets))}")
         if v in seen:
-            raise problem(path + (i,), f"duplicate value {show(v)} (equal to an earlier one)")
+            raise problem(path + (i,), f"duplicate value {quoted_value(v)} (equal to an earlier one)")
         seen.add(v)
         out.append(v)
     return out
@@ -256,7 +256,7 @@ def _number(value: Any, kind: str, path: Tuple) -> Any:
         except OverflowError:
             ok = False
     if not ok:
-        raise problem(path, f"must be {'an integer' if kind == 'int' else 'a number'}, got {show(value)}")
+        raise problem(path, f"must be {'an integer' if kind == 'int' else 'a number'}, got {quoted_value(value)}")
     return value if kind == "int" else float(value)
 
 
@@ -291,9 +291,9 @@ def _range(param: SpaceParam, spec: dict, where: Tuple, target: Optional[str]) -
             raise problem(where + ("high",), "bounds must fit in 63 bits")
         log, step = spec.get("log", False), spec.get("step", 1)
         if not isinstance(log, bool):
-            raise problem(where + ("log",), f"must be true or false, got {show(log)}")
+            raise problem(where + ("log",), f"must be true or false, got {quoted_value(log)}")
         if not (is_int(step) and 1 <= step <= INT64_MAX):
-            raise problem(where + ("step",), f"must be an integer >= 1, got {show(step)}")
+            raise problem(where + ("step",), f"must be an integer >= 1, got {quoted_value(step)}")
         if log and step != 1:
             raise problem(where + ("step",), f"must be 1 when log is true, got {step}")
         if log and low < 1:
@@ -308,7 +308,7 @@ def _when(raw: Any, path: Tuple, earlier: Dict[str, SpaceParam]) -> Dict[str, Li
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not raw:
-        raise problem(path, f"must be a mapping of earlier parameter -> value (or list of values), got {show(raw)}")
+        raise problem(path, f"must be a mapping of earlier parameter -> value (or list of values), got {quoted_value(raw)}")
     out = {}
     for name, wanted in raw.items():
         where = path + (name,)
@@ -321,11 +321,11 @@ def _when(raw: Any, path: Tuple, earlier: Dict[str, SpaceParam]) -> Dict[str, Li
         ref = earlier[name]
         for v in values:
             if v is not None and not isinstance(v, (bool, int, float, str)):
-                raise problem(where, f"values must be null, booleans, numbers or strings, got {show(v)}")
+                raise problem(where, f"values must be null, booleans, numbers or strings, got {quoted_value(v)}")
             if ref.type == "choice" and v not in ref.values:
-                raise problem(where, f"{show(v)} is not one of {name}'s values "
-                                     f"({', '.join(show(c) for c in ref.values)})")
+                raise problem(where, f"{quoted_value(v)} is not one of {name}'s values "
+                                     f"({', '.join(quoted_value(c) for c in ref.values)})")
             if ref.type == "int" and not (is_int(v) and ref.low <= v <= ref.high):
-                raise problem(where, f"{show(v)} is outside {name}'s range [{ref.low}, {ref.high}]")
+                raise problem(where, f"{quoted_value(v)} is outside {name}'s range [{ref.low}, {ref.high}]")
         out[name] = list(values)
     return out
