@@ -11,7 +11,7 @@ import time
 import pytest
 
 from revsearch.errors import ConfigError, DataError, RevsearchError
-from revsearch.orchestration.sweep import (MAX_CHOICE_VALUES, MAX_YAML_NODES, parse_yaml_text, show,
+from revsearch.orchestration.sweep import (MAX_CHOICE_VALUES, MAX_YAML_NODES, parse_yaml_text, quoted_value,
                                            validate_sweep_dict)
 
 BASE = {
@@ -24,6 +24,7 @@ BASE = {
     "num_samples": 1, "max_concurrent": 1,
     "retrain": {"top_k": 1, "steps": 2, "validate_every": 1},
 }
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENOTYPE = {"schema_version": 1, "splits": 2, "pooling": "max",
             "encoder": {"candidates": ["conv3", "self_attn"], "cell": [["conv3", "self_attn"]]},
             "decoder": {"candidates": ["conv3", "cross_attn"], "cell": [["conv3", "cross_attn"]]}}
@@ -63,9 +64,9 @@ def test_show_cuts_before_rendering():
     for _ in range(8):
         value = [value] * 9          # 9**9 elements through shared references
     start = time.perf_counter()
-    text = show(value)
+    text = quoted_value(value)
     assert len(text) <= 60 and time.perf_counter() - start < 0.1
-    assert show("fast") == "'fast'" and show([1, 2]) == "[1, 2]" and show(10 ** 5000) == "<int>"
+    assert quoted_value("fast") == "'fast'" and quoted_value([1, 2]) == "[1, 2]" and quoted_value(10 ** 5000) == "<int>"
 
 
 def test_choice_values_are_bounded_and_checked_in_linear_time():
@@ -217,6 +218,26 @@ def test_retrain_hidden_is_not_checked_against_a_derived_space():
     assert "hidden" not in params          # the space derives it: computed, not given
     derived = [c for c in retrain_candidates(config, chosen, partial=True) if c["kind"] == "derived"]
     assert len(derived) == 1 and derived[0]["model"]["splits"] == 2   # no "differs from its expression"
+
+
+def test_retrain_of_a_3_split_genotype_with_a_sweep_sized_for_2_splits():
+    """micro.yaml's space derives hidden = splits * per_split_width and its fixed search.hidden (32) is
+    not divisible by 3: a 3-split genotype file gets 3 x the search width per split (3 x 16)."""
+    from revsearch.commands.retrain import genotype_trial_params
+    from revsearch.orchestration import load_sweep
+    from revsearch.orchestration.candidates import retrain_candidates
+    from revsearch.search.genotype import Genotype
+    config = load_sweep(os.path.join(REPO, "tune_configs", "micro.yaml"))
+    three = dict(GENOTYPE, splits=3,
+                 encoder={"candidates": ["conv3", "self_attn"], "cell": [["conv3", "self_attn", "conv3"]]},
+                 decoder={"candidates": ["conv3", "cross_attn"], "cell": [["conv3", "cross_attn", "conv3"]]})
+    genotype = Genotype.from_dict(three)
+    params = genotype_trial_params(config, genotype)
+    assert params["hidden"] == 3 * (config.search.hidden // config.search.splits)
+    chosen = [{"rank_in_search": 1, "trial_id": "manual", "config": params, "genotype": genotype.to_json(),
+               "genotype_key": genotype.key(), "search_run_id": "", "search_seconds": 0.0}]
+    derived = [c for c in retrain_candidates(config, chosen, partial=True) if c["kind"] == "derived"]
+    assert derived[0]["model"]["splits"] == 3 and derived[0]["model"]["hidden"] % 3 == 0
 
 
 @pytest.mark.slow

@@ -14,11 +14,17 @@ def genotype_trial_params(sweep, genotype) -> dict:
     """The hand-made search-trial parameters of a genotype file (``retrain_candidates(partial=True)``):
     its splits and pooling, and the search width for its split count. ``--hidden`` is not among them: it
     is the retrain width (``retrain.hidden``) and is never checked against the search space; a space that
-    derives ``hidden`` computes it from its expression."""
+    derives ``hidden`` from the split count alone computes it from its expression. One that derives it
+    from parameters a genotype file does not know (``splits * per_split_width``) gets the search width
+    per split times the genotype's splits, so a 3-split genotype fits a sweep whose ``search.hidden``
+    is sized for 2 splits."""
+    from ..orchestration.space_expr import expr_names
     width = max(1, sweep.search.hidden // sweep.search.splits)
     params = {"splits": genotype.splits, "pooling": genotype.pooling}
     hidden_param = sweep.space.get("hidden")
-    if hidden_param is None or hidden_param.sampled:
+    computable = (hidden_param is not None and not hidden_param.sampled
+                  and set(expr_names(hidden_param.expr)) <= set(params))
+    if not computable:
         params["hidden"] = genotype.splits * width
     return params
 
