@@ -62,7 +62,7 @@ class StatusBlock:
 
     On a terminal the block is erased and redrawn in place (at most every ``TTY_INTERVAL_S``) and each
     line is cut to the terminal width, so a redraw never leaves wrapped fragments behind. Elsewhere the
-    block is printed as plain lines every ``interval_s`` seconds, or at once when ``show(force=True)``.
+    block is printed as plain lines every ``interval_s`` seconds, or at once when ``quoted_value(force=True)``.
     ``line()`` prints a permanent line above the block in both cases."""
 
     def __init__(self, stream: Optional[TextIO] = None, live: Optional[bool] = None,
@@ -86,7 +86,7 @@ class StatusBlock:
         width = shutil.get_terminal_size((120, 24)).columns
         return text if len(text) < width else text[: max(1, width - 2)] + "…"
 
-    def show(self, lines: Sequence[str], force: bool = False) -> None:
+    def quoted_value(self, lines: Sequence[str], force: bool = False) -> None:
         now = self.clock()
         interval = TTY_INTERVAL_S if self.live else self.interval_s
         if not force and self._last_show is not None and now - self._last_show < interval:

@@ -108,3 +108,20 @@ def test_search_levers_tiny(tmp_path):
         assert r["genotype"].startswith("enc[")
     assert len(list((tmp_path / "plots").glob("alpha_trajectories_*.png"))) == 2
     assert "| alpha_warmup_steps | alpha_lr |" in stdout
+
+
+@pytest.mark.slow  # ~20 s: two gloo worker processes, and bench_precision --quick when its JSON is absent
+def test_bench_parallel_quick(tmp_path):
+    out = tmp_path / "parallel.json"
+    stdout = run_script("bench_parallel.py", "--quick", "--json", str(out),
+                        "--precision-json", str(tmp_path / "absent.json"), timeout=300)
+    data = json.loads(out.read_text())
+    assert [(r["what"], r["workers"]) for r in data["equality"]] == [
+        ("search", 2), ("search_second_order", 2), ("retrain", 2)]
+    assert all(r["max_rel_err"] <= 1e-10 for r in data["equality"])
+    assert {(r["what"], r["workers"], r["threads"]) for r in data["throughput"]} == {
+        (w, n, t) for w in ("search", "retrain") for n, t in ((1, 1), (1, 2), (2, 1))}
+    assert all(r["tokens_per_s"] > 0 for r in data["throughput"])
+    assert {r["dtype"] for r in data["precision"]} >= {"fp32"}
+    assert all(r["recon_err"] >= 0 and r["step_seconds"] > 0 for r in data["precision"])
+    assert "scaling eff." in stdout

@@ -96,13 +96,13 @@ def test_plain_output_is_periodic_and_has_no_ansi_codes():
     out, clock = io.StringIO(), Clock()
     block = StatusBlock(out, interval_s=30.0, clock=clock)
     assert not block.live
-    block.show(["a 1"])
+    block.quoted_value(["a 1"])
     clock.now = 10.0
-    block.show(["a 2"])                     # within 30 s: not printed
+    block.quoted_value(["a 2"])                     # within 30 s: not printed
     block.line("event")
-    block.show(["a 3"], force=True)         # a trial started or ended: printed at once
+    block.quoted_value(["a 3"], force=True)         # a trial started or ended: printed at once
     clock.now = 41.0
-    block.show(["a 4", "  b"])
+    block.quoted_value(["a 4", "  b"])
     block.close()
     assert out.getvalue() == "a 1\nevent\na 3\na 4\n  b\n"
 
@@ -111,13 +111,13 @@ def test_terminal_output_is_redrawn_in_place():
     out, clock = Terminal(), Clock()
     block = StatusBlock(out, clock=clock)
     assert block.live
-    block.show(["head", "  t1"])
+    block.quoted_value(["head", "  t1"])
     clock.now = 1.0
     block.line("done t0")                   # above the block, which is drawn again below it
     clock.now = 2.0
-    block.show(["head 2"])
+    block.quoted_value(["head 2"])
     clock.now = 4.0
-    block.show(["head 2"])                  # unchanged: not redrawn
+    block.quoted_value(["head 2"])                  # unchanged: not redrawn
     block.close()
     assert out.getvalue() == ("head\n  t1\n" "\x1b[2F\x1b[Jdone t0\nhead\n  t1\n"
                               "\x1b[2F\x1b[Jhead 2\n" "\x1b[1F\x1b[J")

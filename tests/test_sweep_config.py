@@ -77,7 +77,8 @@ def test_wmt14_configs_follow_the_paper():
         assert (s.search.embed_dim, s.search.hidden, s.search.splits) == (256, 960, 2)
         assert (s.search.lr, s.search.warmup_steps, s.search.steps) == (5e-4, 10000, 30000)
         assert (s.search.alpha_lr, s.search.alpha_weight_decay) == (3e-4, 1e-3)
-        assert s.data.max_tokens == 5000 and s.resources.gpu == 1
+        # the paper's 5,000 tokens per GPU on 8 GPUs: 8 workers x 1 GPU, max_tokens the global batch
+        assert (s.data.max_tokens, s.resources.gpu, s.resources.workers) == (8 * 5000, 1, 8)
         r = s.retrain
         assert (r.hidden, r.encoder_layers, r.decoder_layers, r.beam, r.length_penalty, r.average_last) == \
             (512, 6, 6, 4, 0.6, 5)

@@ -84,7 +84,7 @@ class TrainingProgress:
         first_time, first_step = self.first
         rate = (step - first_step) / (now - first_time) if now > first_time and step > first_step else None
         self.step = step
-        self.block.show([self.line(step, trained_s, loss, rate)])
+        self.block.quoted_value([self.line(step, trained_s, loss, rate)])
 
     def log(self, message: str) -> None:
         self.block.line(message)

@@ -88,6 +88,26 @@ def make_batches(examples: Sequence[EncodedPair], max_tokens: int, seed: int = 0
     return batches
 
 
+def shard_batch(examples: Sequence[EncodedPair], indices: Sequence[int], num_shards: int) -> List[List[int]]:
+    """Cut one global batch into ``num_shards`` disjoint shards with balanced token counts, one per
+    data-parallel worker (learning/data_parallel.py). Longest example first, each to the shard with the
+    fewest tokens so far (ties: the lowest shard); each shard keeps the batch's order. Deterministic, and
+    independent of which worker asks. A batch with fewer examples than shards leaves some shards empty."""
+    if num_shards < 1:
+        raise DataError(f"num_shards must be >= 1, got {num_shards}")
+    if num_shards == 1:
+        return [list(indices)]
+    position = {i: p for p, i in enumerate(indices)}
+    size = {i: len(examples[i][0]) + len(examples[i][1]) - 1 for i in indices}
+    shards: List[List[int]] = [[] for _ in range(num_shards)]
+    loads = [0] * num_shards
+    for i in sorted(indices, key=lambda i: (-size[i], position[i])):
+        k = min(range(num_shards), key=lambda j: (loads[j], j))
+        shards[k].append(i)
+        loads[k] += size[i]
+    return [sorted(s, key=position.__getitem__) for s in shards]
+
+
 def _pad(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)

@@ -92,18 +92,32 @@ def trial_memory_estimate(sweep) -> Tuple[float, str]:
     return best, what
 
 
-def check_capacity(sweep, cpus: float, gpus: float, memory: Optional[float], where: str) -> None:
+def check_capacity(sweep, cpus: float, gpus: float, memory: Optional[float], where: str,
+                   total_cpus: Optional[float] = None, total_gpus: Optional[float] = None,
+                   where_total: Optional[str] = None) -> None:
     """One ``ConfigError`` line when one trial of ``sweep`` cannot run on a node with ``cpus`` CPUs,
     ``gpus`` GPUs and ``memory`` bytes (None: unknown, not checked); ``where`` names that node
-    ("this machine", "the largest node of the Ray cluster at ...")."""
+    ("this machine", "the largest node of the Ray cluster at ..."). A trial's ``resources.workers`` may
+    spread over nodes: together they must fit ``total_cpus`` / ``total_gpus`` (default: that node's)."""
     r = sweep.resources
     src = sweep.source
+    total_cpus = cpus if total_cpus is None else total_cpus
+    total_gpus = gpus if total_gpus is None else total_gpus
+    where_total = where_total or where
     if r.cpu > cpus:
         raise ConfigError(f"{src}: resources.cpu: each trial asks for {r.cpu:g} CPUs; {where} has {cpus:g}, "
                           f"so no trial could ever start")
     if r.gpu > gpus:
         raise ConfigError(f"{src}: resources.gpu: each trial asks for {r.gpu:g} GPU(s); {where} has "
                           f"{gpus:g}, so no trial could ever start")
+    if r.workers * r.cpu > total_cpus:
+        raise ConfigError(f"{src}: resources.workers: {r.workers} workers x {r.cpu:g} CPUs each need "
+                          f"{r.workers * r.cpu:g} CPUs; {where_total} has {total_cpus:g}, so no trial could "
+                          f"ever start")
+    if r.workers * r.gpu > total_gpus:
+        raise ConfigError(f"{src}: resources.workers: {r.workers} workers x {r.gpu:g} GPU(s) each need "
+                          f"{r.workers * r.gpu:g} GPU(s); {where_total} has {total_gpus:g}, so no trial could "
+                          f"ever start")
     if memory is None:
         return
     if sweep.data.kind == "synthetic" and sweep.data.synthetic:
@@ -149,4 +163,7 @@ def check_cluster_capacity(sweep, address: str) -> None:
 
     memory = largest("memory") or None
     check_capacity(sweep, largest("CPU"), largest("GPU"), memory,
-                   f"the largest node of the Ray cluster at {address}")
+                   f"the largest node of the Ray cluster at {address}",
+                   total_cpus=sum(float(n.get("CPU", 0.0)) for n in nodes),
+                   total_gpus=sum(float(n.get("GPU", 0.0)) for n in nodes),
+                   where_total=f"the Ray cluster at {address}")

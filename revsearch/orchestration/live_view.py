@@ -203,7 +203,7 @@ def live_view_callback(view: StageView, name_of: Callable[[Any], str], console: 
         def _show(self, force: bool = False) -> None:
             counts = view.counts()
             if console.live and (counts["running"] or counts["pending"]):   # the end has its summary line
-                block.show(view.render(clock()), force=force)
+                block.quoted_value(view.render(clock()), force=force)
 
         def _sync(self, trials) -> None:
             """Trials a restored experiment already finished, and ones Tune created but not started."""

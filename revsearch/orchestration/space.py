@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..search.bilevel import SearchConfig
 from ..search.supernet import SupernetConfig
 from .space_expr import expr_names, safe_eval
-from .sweep_errors import is_int, is_number, show
+from .sweep_errors import is_int, is_number, quoted_value
 from .sweep_search import SEARCH_SPACE_KEYS, SearchSection, search_problem
 from .sweep_sections import data_problem
 from .sweep_space_schema import DATA_SPACE_KEYS, SpaceParam, check_setting, setting_target
@@ -165,18 +165,18 @@ def _active_values(sweep: SweepConfig, params: Mapping[str, Any],
                               f"({', '.join(map(str, params)) or 'none given'})")
         value = params[p.name]
         if not partial and not _in_space(p, value):
-            raise ConfigError(f"{sweep.source}: space.{p.name}: trial value {show(value)} is outside "
+            raise ConfigError(f"{sweep.source}: space.{p.name}: trial value {quoted_value(value)} is outside "
                               f"the parameter's {p.type} space")
         return value
 
     if not isinstance(params, Mapping):
-        raise ConfigError(f"{sweep.source}: space: trial parameters must be a mapping, got {show(params)}")
+        raise ConfigError(f"{sweep.source}: space: trial parameters must be a mapping, got {quoted_value(params)}")
     active, derived = _walk(sweep, sample)
     for name, value in derived.items():
         given = params.get(name, value)
         if not _same_number(given, value):
-            raise ConfigError(f"{sweep.source}: space.{name}: trial value {show(given)} differs from "
-                              f"its expression's value {show(value)}")
+            raise ConfigError(f"{sweep.source}: space.{name}: trial value {quoted_value(given)} differs from "
+                              f"its expression's value {quoted_value(value)}")
     return active, derived
 
 
@@ -230,7 +230,7 @@ class TrialSettings:
 
 
 def _describe(active: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={show(v, 30)}" for k, v in active.items()) or "no space parameters"
+    return ", ".join(f"{k}={quoted_value(v, 30)}" for k, v in active.items()) or "no space parameters"
 
 
 def resolve_trial(sweep: SweepConfig, params: Mapping[str, Any], partial: bool = False) -> TrialSettings:
@@ -264,7 +264,7 @@ def resolve_trial(sweep: SweepConfig, params: Mapping[str, Any], partial: bool =
             raise fail(f"{target}.{name}", str(e)) from None
         (search if target == "search" else data)[name] = value
     if search["op_set"] not in sweep.op_sets and search["op_set"] != "full":
-        raise fail("search.op_set", f"unknown op set {show(search['op_set'])}")
+        raise fail("search.op_set", f"unknown op set {quoted_value(search['op_set'])}")
     for problem, section in ((search_problem(search), "search"), (data_problem(data), "data")):
         if problem:
             raise fail(f"{section}.{problem[0]}", problem[1])

@@ -12,7 +12,7 @@ import operator
 from typing import Any, List, Mapping
 
 from ..errors import ConfigError
-from .sweep_errors import is_number, show
+from .sweep_errors import is_number, quoted_value
 
 MAX_EXPR_CHARS = 500
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -23,15 +23,15 @@ _SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDi
 
 def _parse(expr: str) -> ast.AST:
     if not isinstance(expr, str):
-        raise ConfigError(f"expression must be a string, got {show(expr)}")
+        raise ConfigError(f"expression must be a string, got {quoted_value(expr)}")
     if len(expr) > MAX_EXPR_CHARS:
         raise ConfigError(f"expression longer than {MAX_EXPR_CHARS} characters")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
-        raise ConfigError(f"invalid expression {show(expr)}: {e.msg}") from None
+        raise ConfigError(f"invalid expression {quoted_value(expr)}: {e.msg}") from None
     except (ValueError, RecursionError, MemoryError):
-        raise ConfigError(f"invalid expression {show(expr)}") from None
+        raise ConfigError(f"invalid expression {quoted_value(expr)}") from None
     for node in ast.walk(tree):
         if isinstance(node, (ast.Expression, ast.Name, ast.Load)) or type(node) in _BINOPS or type(node) in _UNARY:
             continue
@@ -41,10 +41,10 @@ def _parse(expr: str) -> ast.AST:
             continue
         if isinstance(node, ast.Constant) and is_number(node.value):
             continue
-        what = (f"constant {show(node.value)}" if isinstance(node, ast.Constant)
+        what = (f"constant {quoted_value(node.value)}" if isinstance(node, ast.Constant)
                 else f"'{type(node.op).__name__}' operator" if isinstance(node, (ast.BinOp, ast.UnaryOp))
                 else type(node).__name__)
-        raise ConfigError(f"{what} not allowed in {show(expr)}; only numbers, parameter names, "
+        raise ConfigError(f"{what} not allowed in {quoted_value(expr)}; only numbers, parameter names, "
                           f"+ - * / // % and parentheses")
     return tree
 
@@ -72,7 +72,7 @@ def safe_eval(expr: str, names: Mapping[str, Any]) -> float:
                 raise ConfigError(f"unknown name {node.id!r}; known: {', '.join(names) or '(none)'}")
             value = names[node.id]
             if not is_number(value):
-                raise ConfigError(f"{node.id!r} is {show(value)}, not a number")
+                raise ConfigError(f"{node.id!r} is {quoted_value(value)}, not a number")
             return value
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](ev(node.operand))
@@ -80,15 +80,15 @@ def safe_eval(expr: str, names: Mapping[str, Any]) -> float:
         try:
             return _BINOPS[type(node.op)](left, right)
         except ZeroDivisionError:
-            raise ConfigError(f"division by zero in {show(expr)} ({show(left)} "
-                              f"{_SYMBOLS[type(node.op)]} {show(right)})") from None
+            raise ConfigError(f"division by zero in {quoted_value(expr)} ({quoted_value(left)} "
+                              f"{_SYMBOLS[type(node.op)]} {quoted_value(right)})") from None
         except OverflowError:
-            raise ConfigError(f"overflow in {show(expr)}") from None
+            raise ConfigError(f"overflow in {quoted_value(expr)}") from None
 
     try:
         result = ev(tree)
     except RecursionError:
-        raise ConfigError(f"expression nested too deeply: {show(expr)}") from None
+        raise ConfigError(f"expression nested too deeply: {quoted_value(expr)}") from None
     if isinstance(result, float) and not math.isfinite(result):
-        raise ConfigError(f"{show(expr)} is not finite ({result})")
+        raise ConfigError(f"{quoted_value(expr)} is not finite ({result})")
     return result

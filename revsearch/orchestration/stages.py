@@ -44,8 +44,12 @@ def stage_tuner(sweep, trainable_fn, context: Dict[str, Any], experiment: str, r
     else ``build(trainable)`` a new Tuner. Both stages give trials the sweep's resources and context, and
     the console of this invocation (the live ``view``, or Tune's own output with ``--verbose``)."""
     from ray import tune
-    trainable = tune.with_resources(tune.with_parameters(trainable_fn, context=context),
-                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    # resources.workers > 1: the trial only launches a Ray Train run whose workers ask for cpu/gpu each
+    # (data_parallel_trial.py); the trial function holds no CPU or GPU while it waits (Ray refuses an
+    # empty request, so it asks for a token 1 MiB of memory)
+    per_trial = ({"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu} if sweep.resources.workers == 1
+                 else {"cpu": 0, "gpu": 0, "memory": 2 ** 20})
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, context=context), per_trial)
     if resume and tune.Tuner.can_restore(experiment):
         log(f"{stage}: resuming the experiment in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)

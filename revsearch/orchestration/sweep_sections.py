@@ -273,6 +273,9 @@ class SchedulerSection(Section):
 class ResourcesSection(Section):
     cpu: Number(gt=0.0) = Field(1.0, description="CPUs per trial (also the trial's torch threads)")
     gpu: Number(ge=0.0) = Field(0.0, description="GPUs per trial (fractions share a GPU)")
+    workers: Int(1) = Field(1, description="data-parallel worker processes per trial, each with `cpu` CPUs "
+                                           "and `gpu` GPUs (>1: a Ray Train run inside the trial; the "
+                                           "batch size `max_tokens` is split over them)")
 
 
 def resolve_tracking_uri(uri: Any, base_dir: str) -> Optional[str]:

@@ -16,16 +16,15 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from ..models.split_seq2seq import SplitSeq2SeqConfig
 from ..models.transformer import count_parameters
-from ..search import BilevelSearch, Genotype, Supernet, SupernetConfig, build_derived_model
-from ..search.loop import SearchData, SearchLoop
+from ..search import Genotype
+from ..search.loop import SearchLoop
 from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cell
 from .candidates import build_retrain_model
-from .data_prep import PreparedData, encoded_data, search_split
+from .data_prep import PreparedData, encoded_data
+# re-exported: callers import these from here
+from .search_trial import STATE_FILE, build_search_loop, derived_param_count, placement_tags, search_result  # noqa: F401
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
-
-STATE_FILE = "search_state.pt"
 
 
 def _tracker(context: Dict[str, Any]) -> Tracker:
@@ -37,22 +36,6 @@ def _trial_id() -> str:
     return tune.get_context().get_trial_id()
 
 
-def placement_tags() -> Dict[str, str]:
-    """Where this process runs: host, and the Ray node when inside a Ray worker. Set again whenever a
-    trial (re)starts, so a trial Tune restarted on another node shows where it finished."""
-    import socket
-    tags = {"revsearch.host": socket.gethostname(), "revsearch.pid": str(os.getpid())}
-    try:
-        import ray
-        if ray.is_initialized():
-            context = ray.get_runtime_context()
-            tags["revsearch.ray_node_id"] = context.get_node_id()
-            tags["revsearch.ray_node_ip"] = ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - placement is informative only; never fail a trial for it
-        pass
-    return tags
-
-
 def _finished_run(tracker: Tracker, key: str, parent: str):
     """The MLflow run of this trial if it already ended FINISHED, else None. Tune reruns a trial whose end
     it had not saved yet when the driver was killed (its experiment state is saved every 10 s or more);
@@ -62,12 +45,6 @@ def _finished_run(tracker: Tracker, key: str, parent: str):
         return None
     run = tracker.client.get_run(run_id)
     return run if run.info.status == "FINISHED" else None
-
-
-def derived_param_count(genotype: Genotype, model_config: SplitSeq2SeqConfig) -> int:
-    with torch.device("meta"):  # count without allocating
-        model = build_derived_model(genotype, model_config)
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------- stage 1
@@ -97,42 +74,31 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
         tracker.log_params(run_id, {"sampled": dict(config), "supernet": settings.supernet,
                                     "search": asdict(settings.search), "data": settings.data,
                                     "steps": settings.steps})
-        prepared = PreparedData(**context["prepared"])
-        data = encoded_data(prepared, settings.data["vocab_size"], settings.data["spm_model_type"],
-                            settings.data["max_len"])
-        weight, arch = search_split(data, settings.data["arch_fraction"], sweep.seed)
-        torch.manual_seed(sweep.seed)
-        supernet_config = SupernetConfig(vocab_size=data.tokenizer.vocab_size, **settings.supernet)
-        net = Supernet(supernet_config)
-        loop = SearchLoop(BilevelSearch(net, settings.search),
-                          SearchData(weight, arch, data.valid, settings.data["max_tokens"], sweep.seed),
-                          valid_batches=settings.valid_batches)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+        loop, data, derived_config = build_search_loop(sweep, settings, context)
+        net = loop.model
         tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in net.parameters())})
-        start = time.perf_counter()
-        derived_config = SplitSeq2SeqConfig(**{k: v for k, v in asdict(supernet_config).items()
-                                               if k in SplitSeq2SeqConfig.__dataclass_fields__})
+        if sweep.resources.workers > 1:   # a Ray Train run of N workers; rank 0 logs into this run
+            from .data_parallel_trial import run_search_workers
+            loop.load_state_dict(run_search_workers(sweep, dict(config), context, run_id, trial_id))
+        else:
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                with checkpoint.as_directory() as directory:
+                    loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+            start = time.perf_counter()
 
-        def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
-            genotype = loop.genotype()
-            wall = time.perf_counter() - start
-            metrics = dict(metrics, params=derived_param_count(genotype, derived_config),
-                           trial_wall_seconds=wall)
-            tracker.log_metrics(run_id, metrics, step)
-            result = dict(metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
-                          mlflow_run_id=run_id, total_steps=settings.steps)   # total: the live view's ETA
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                with tempfile.TemporaryDirectory() as directory:
-                    torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
-                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-            else:
-                tune.report(result)
+            def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
+                metrics, result = search_result(loop, metrics, derived_config, start, run_id, settings.steps)
+                tracker.log_metrics(run_id, metrics, step)
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    with tempfile.TemporaryDirectory() as directory:
+                        torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
+                        tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+                else:
+                    tune.report(result)
 
-        if loop.step < settings.steps:
-            loop.run(settings.steps, settings.report_every, on_report)
+            if loop.step < settings.steps:
+                loop.run(settings.steps, settings.report_every, on_report)
         genotype = loop.genotype()
         if sweep.search.proxy_retrain is not None:
             from .proxy import proxy_retrain
@@ -250,10 +216,21 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
             tracker.log_metrics(run_id, metrics, step)
             report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"step": step} | extent)
 
-        trainer = Trainer(model, data.train, data.valid, train_config,
-                          spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report,
-                          on_step=on_step)
-        result = trainer.train()
+        if int(context.get("workers", 1)) > 1:   # a Ray Train run of N workers; rank 0 logs into this run
+            from ..train.checkpoint import load_checkpoint, load_model_state
+            from .data_parallel_trial import run_retrain_workers
+            from .sweep import validate_sweep_dict
+            sweep = validate_sweep_dict(context["sweep"], source=context.get("sweep_source", "sweep"))
+            result = run_retrain_workers(sweep, context, candidate, seed, train_config, run_id, extent)
+            if train_config.restore_best and result.checkpoints.get("best"):   # what Trainer does at its end
+                load_model_state(model, load_checkpoint(result.checkpoints["best"])["model"],
+                                 result.checkpoints["best"])
+            model.eval()
+        else:
+            trainer = Trainer(model, data.train, data.valid, train_config,
+                              spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report,
+                              on_step=on_step)
+            result = trainer.train()
         # average_last > 1: the average of the last k checkpoints is what is scored and registered
         checkpoint = load_evaluated_weights(model, result)
         # one decoder setting for both sets: validation decides, test only reports

@@ -9,6 +9,11 @@ difference (Liu et al. 2019, eq. 7–8). θ and α have separate optimizers; α 
 search result mean something"): for the first N steps only θ trains, so α is not pushed towards
 parameter-free ops while every learned op is still a random function. During warm-up the α step is
 skipped entirely (no forward on the architecture batch, no α optimizer step): α stays bit-identical.
+
+Data-parallel (``parallel``, learning/data_parallel.py): the batches are this process's shards of the
+global batches, ``[(shard index, batch), ...]``; every gradient of the step (the α and θ gradients, and
+in second order the virtual step, dα, dθ' and both Hessian terms) is the token-weighted gradient of the
+global batch, all-reduced before it is used, so every worker takes the one-process step.
 """
 from __future__ import annotations
 
@@ -20,13 +25,17 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..learning import InverseSqrtSchedule, sequence_loss
+from ..learning import InverseSqrtSchedule, label_smoothed_nll, sequence_loss
+from ..learning.data_parallel import DataParallel, accumulate
 from ..learning.precision import (LossScale, autocast, check_precision, float_logits, model_device_type,
                                   validate_precision)
+from ..special_tokens import PAD_ID
 from .supernet import Supernet
 
 # (source tokens, decoder input starting with bos, target ending with eos)
 Batch = Tuple[Tensor, Tensor, Tensor]
+# data-parallel: this process's shards of one global batch, (shard index, batch)
+ShardedBatch = Sequence[Tuple[int, Batch]]
 
 
 @dataclass
@@ -79,8 +88,9 @@ def frozen(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
 
 
 class BilevelSearch:
-    def __init__(self, supernet: Supernet, config: SearchConfig = SearchConfig()):
-        self.model, self.config = supernet, config
+    def __init__(self, supernet: Supernet, config: SearchConfig = SearchConfig(),
+                 parallel: Optional[DataParallel] = None):
+        self.model, self.config, self.parallel = supernet, config, parallel
         self.weights = supernet.weight_parameters()
         self.alphas = supernet.arch_parameters()
         self.weight_optimizer = torch.optim.Adam(self.weights, lr=config.lr, betas=config.betas)
@@ -93,6 +103,9 @@ class BilevelSearch:
         check_precision(config.precision, self.device_type)
         # fp16 gradients underflow without a loss scale; for fp32/bf16 this is the identity
         self.loss_scale = LossScale(enabled=config.precision == "fp16")
+        if parallel is not None:
+            parallel.sync.broadcast_parameters(list(supernet.parameters()))
+        self.step_tokens = {"weight": 0, "arch": 0}   # global token counts of the current step's batches
 
     def loss(self, batch: Batch) -> Tensor:
         """The training loss; the forward pass runs under the configured autocast, the loss in float32."""
@@ -100,6 +113,44 @@ class BilevelSearch:
         with autocast(self.config.precision, self.device_type):
             logits = self.model(src, tgt_in)
         return sequence_loss(float_logits(logits, self.config.precision), tgt_out, self.config.label_smoothing)
+
+    def summed_loss(self, batch: Batch) -> Tuple[Tensor, int]:
+        """The smoothed loss summed over the batch's target tokens, and their number."""
+        src, tgt_in, tgt_out = batch
+        with autocast(self.config.precision, self.device_type):
+            logits = self.model(src, tgt_in)
+        loss, _, ntokens = label_smoothed_nll(float_logits(logits, self.config.precision), tgt_out,
+                                              self.config.label_smoothing)
+        return loss, ntokens
+
+    def _loss_and_grads(self, batch, which: str, inputs: Sequence[Tensor],
+                        allow_unused: bool = False) -> Tuple[Tensor, List[Optional[Tensor]]]:
+        """The per-token loss of the (global) batch and its gradient w.r.t. ``inputs``. One process: the
+        plain path. Data-parallel: each local shard's summed loss over the global token count, its
+        gradient accumulated over the local shards, then all-reduced with the loss."""
+        scale = self.loss_scale
+        if self.parallel is None:
+            loss = self.loss(batch)
+            return loss, list(scale.grad(loss, inputs, allow_unused=allow_unused))
+        total: List[Optional[Tensor]] = [None] * len(inputs)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for k, shard in batch:
+            with self.parallel.rng.active(k):
+                shard_loss, _ = self.summed_loss(shard)
+            shard_loss = self.parallel.sync.mean_loss(shard_loss, self.step_tokens[which])
+            total = accumulate(total, scale.grad(shard_loss, inputs, allow_unused=True))
+            loss_sum = loss_sum + shard_loss.detach().double()
+        grads, (loss,) = self.parallel.sync.reduce(total, inputs, extras=[loss_sum])
+        if not allow_unused and any(g is None for g in grads):
+            raise RuntimeError("a differentiated tensor was not used by the loss")
+        return loss, grads
+
+    def _begin_parallel_step(self, weight_batch: ShardedBatch, arch_batch: ShardedBatch) -> None:
+        """Global token counts (one all-reduce) and this step's shard random streams."""
+        par = self.parallel
+        local = [sum(int(b[2].ne(PAD_ID).sum()) for _, b in batch) for batch in (weight_batch, arch_batch)]
+        self.step_tokens["weight"], self.step_tokens["arch"] = par.sync.global_tokens(*local)
+        par.rng.begin(self.step_count, par.local_shards)
 
     def current_lr(self) -> float:
         return self.schedule(self.step_count + 1)
@@ -114,6 +165,8 @@ class BilevelSearch:
         self.model.train()
         lr = self.current_lr()
         scale = self.loss_scale
+        if self.parallel is not None:
+            self._begin_parallel_step(weight_batch, arch_batch)
         if self.alpha_frozen():
             arch_loss = torch.tensor(float("nan"))
         else:
@@ -122,8 +175,7 @@ class BilevelSearch:
             else:
                 self.alpha_optimizer.zero_grad(set_to_none=True)
                 with frozen(self.weights):
-                    arch_loss = self.loss(arch_batch)
-                    grads = scale.grad(arch_loss, self.alphas)
+                    arch_loss, grads = self._loss_and_grads(arch_batch, "arch", self.alphas)
                 alpha_finite = scale.finite(grads)
                 for a, g in zip(self.alphas, grads):
                     a.grad = g
@@ -134,8 +186,7 @@ class BilevelSearch:
             group["lr"] = lr
         self.weight_optimizer.zero_grad(set_to_none=True)
         with frozen(self.alphas):
-            weight_loss = self.loss(weight_batch)
-            grads = scale.grad(weight_loss, self.weights, allow_unused=True)
+            weight_loss, grads = self._loss_and_grads(weight_batch, "weight", self.weights, allow_unused=True)
         for w, g in zip(self.weights, grads):
             w.grad = g
         if scale.finite(grads):
@@ -152,14 +203,13 @@ class BilevelSearch:
         scale = self.loss_scale
         backup = [w.detach().clone() for w in self.weights]
         # virtual step θ' = θ − ξ ∇θ L_w(θ, α)
-        grads_w = scale.grad(self.loss(weight_batch), self.weights, allow_unused=True)
+        _, grads_w = self._loss_and_grads(weight_batch, "weight", self.weights, allow_unused=True)
         finite = scale.finite(grads_w)
         with torch.no_grad():
             for w, g in zip(self.weights, grads_w):
                 if g is not None:
                     w.sub_(xi * g)
-        arch_loss = self.loss(arch_batch)
-        grads = scale.grad(arch_loss, self.alphas + self.weights, allow_unused=True)
+        arch_loss, grads = self._loss_and_grads(arch_batch, "arch", self.alphas + self.weights, allow_unused=True)
         finite = scale.finite(grads) and finite
         d_alpha = list(grads[:len(self.alphas)])
         d_weight = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[len(self.alphas):])]
@@ -170,7 +220,7 @@ class BilevelSearch:
             with torch.no_grad():
                 for w, b, g in zip(self.weights, backup, d_weight):
                     w.copy_(b + sign * eps * g)
-            hessian_terms.append(list(scale.grad(self.loss(weight_batch), self.alphas)))
+            hessian_terms.append(self._loss_and_grads(weight_batch, "weight", self.alphas)[1])
             finite = scale.finite(hessian_terms[-1]) and finite
         with torch.no_grad():
             for w, b in zip(self.weights, backup):

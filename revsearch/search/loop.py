@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..data.batching import Batch, EncodedPair, collate, make_batches
+from ..data.batching import Batch, EncodedPair, collate, make_batches, shard_batch
 from ..learning import sequence_loss
 from .bilevel import BilevelSearch
 from .collapse import collapse_metrics
@@ -39,14 +39,30 @@ class BatchStream:
             self._batches = make_batches(self.examples, self.max_tokens, seed=self.seed, epoch=self.epoch)
         return self._batches
 
-    def next(self) -> Batch:
+    def next_indices(self) -> List[int]:
         batches = self._epoch_batches()
         if self.position >= len(batches):
             self.epoch, self.position, self._batches = self.epoch + 1, 0, None
             batches = self._epoch_batches()
-        batch = collate(self.examples, batches[self.position])
+        indices = batches[self.position]
         self.position += 1
-        return batch
+        return indices
+
+    def next(self) -> Batch:
+        return collate(self.examples, self.next_indices())
+
+    def next_shards(self, num_shards: int, local_shards: Sequence[int],
+                    device: Optional[torch.device] = None) -> List[Tuple[int, Tuple]]:
+        """Data-parallel: the next global batch cut into ``num_shards`` token-balanced shards, and of
+        those the non-empty ones in ``local_shards`` as ``(shard index, (src, tgt_in, tgt_out))``. The
+        stream advances by one global batch whatever the worker count, so its position resumes with any."""
+        shards = shard_batch(self.examples, self.next_indices(), num_shards)
+        out = []
+        for k in local_shards:
+            if shards[k]:
+                b = collate(self.examples, shards[k]).to(device or "cpu")
+                out.append((k, (b.src, b.tgt_in, b.tgt_out)))
+        return out
 
     def state_dict(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -71,6 +87,8 @@ def peak_rss_bytes() -> int:
 class SearchLoop:
     def __init__(self, search: BilevelSearch, data: SearchData, valid_batches: int = 4):
         self.search, self.model = search, search.model
+        # where the batches go: the model's device (CPU unless a data-parallel worker placed it on a GPU)
+        self.device = next(iter(search.model.parameters())).device
         self.weight_stream = BatchStream(data.weight, data.max_tokens, data.seed)
         self.arch_stream = BatchStream(data.arch, data.max_tokens, data.seed + 1)
         self.valid = data.valid
@@ -86,7 +104,7 @@ class SearchLoop:
         self.model.eval()
         total, count = 0.0, 0
         for indices in self.valid_batch_indices:
-            b = collate(self.valid, indices)
+            b = collate(self.valid, indices).to(self.device)
             n = int((b.tgt_out != 0).sum())
             total += float(sequence_loss(self.model(b.src, b.tgt_in), b.tgt_out, 0.0)) * n
             count += n
@@ -118,11 +136,16 @@ class SearchLoop:
     def run(self, steps: int, report_every: int,
             on_report: Callable[[int, Dict[str, float], "SearchLoop"], None] = lambda *a: None) -> None:
         """Run until ``self.step == steps``; ``on_report(step, metrics, loop)`` every ``report_every``."""
+        par = self.search.parallel
         while self.step < steps:
-            weight, arch = self.weight_stream.next(), self.arch_stream.next()
+            if par is None:
+                weight, arch = self.weight_stream.next(), self.arch_stream.next()
+                batches = (weight.src, weight.tgt_in, weight.tgt_out), (arch.src, arch.tgt_in, arch.tgt_out)
+            else:   # this worker's shards of the two global batches (learning/data_parallel.py)
+                batches = (self.weight_stream.next_shards(par.num_shards, par.local_shards, self.device),
+                           self.arch_stream.next_shards(par.num_shards, par.local_shards, self.device))
             start = time.perf_counter()
-            out = self.search.step((weight.src, weight.tgt_in, weight.tgt_out),
-                                   (arch.src, arch.tgt_in, arch.tgt_out))
+            out = self.search.step(*batches)
             seconds = time.perf_counter() - start
             self.step_seconds += seconds
             self.step += 1

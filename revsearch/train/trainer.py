@@ -27,11 +27,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..data.batching import EncodedPair, collate, filter_long, make_batches
+from ..data.batching import EncodedPair, collate, filter_long, make_batches, shard_batch
 from ..errors import ConfigError, RevsearchError
 from .checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
                          step_checkpoints)
 from ..learning import InverseSqrtSchedule, label_smoothed_nll
+from ..learning.data_parallel import DataParallel, accumulate
 from ..learning.precision import LossScale, autocast, check_precision, float_logits, validate_precision
 
 Reporter = Callable[[int, Dict[str, float]], None]
@@ -116,8 +117,12 @@ class Trainer:
     def __init__(self, model: nn.Module, train: Sequence[EncodedPair], valid: Sequence[EncodedPair],
                  config: TrainConfig, spm_model: Optional[bytes] = None, model_spec: Optional[dict] = None,
                  on_report: Optional[Reporter] = None, log: Optional[Callable[[str], None]] = None,
-                 on_step: Optional[StepHook] = None):
+                 on_step: Optional[StepHook] = None, parallel: Optional[DataParallel] = None):
+        """``parallel``: this process is one worker of a data-parallel run (learning/data_parallel.py);
+        every global batch is sharded over the workers, gradients are all-reduced token-weighted, and
+        only rank 0 writes checkpoints. None: the one-process path."""
         self.cfg = config
+        self.parallel = parallel
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
         check_precision(config.precision, self.device.type, "training config: precision")
@@ -144,6 +149,8 @@ class Trainer:
         self.save_dir = Path(config.save_dir) if config.save_dir else None
         torch.manual_seed(config.seed)
         random.seed(config.seed)
+        if parallel is not None:
+            parallel.sync.broadcast_parameters(list(self.model.parameters()))
         if self.save_dir and config.resume and (self.save_dir / "checkpoint_last.pt").is_file():
             self._resume(self.save_dir / "checkpoint_last.pt")
 
@@ -194,6 +201,8 @@ class Trainer:
             self._log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, {self.elapsed:.0f}s trained)")
 
     def _save(self, is_best: bool) -> None:
+        if self.parallel is not None and not self.parallel.is_writer and self.save_dir:
+            return   # rank 0 writes the files; every worker holds the same weights
         if not self.save_dir:
             if is_best and self.cfg.restore_best:
                 self._best_state = copy.deepcopy(self.model.state_dict())
@@ -247,9 +256,12 @@ class Trainer:
     def _budget_reason(self, session_start: float, elapsed_at_start: float) -> Optional[str]:
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return "max_steps"
-        if self.cfg.time_budget_s is not None and \
-                elapsed_at_start + time.perf_counter() - session_start >= self.cfg.time_budget_s:
-            return "time_budget"
+        if self.cfg.time_budget_s is not None:
+            over = elapsed_at_start + time.perf_counter() - session_start >= self.cfg.time_budget_s
+            if self.parallel is not None:   # every worker stops at the same step, or the others hang
+                over = self.parallel.sync.global_tokens(int(over))[0] > 0
+            if over:
+                return "time_budget"
         if self.cfg.max_epochs is not None and self.epoch >= self.cfg.max_epochs:
             return "max_epochs"
         return None
@@ -266,15 +278,20 @@ class Trainer:
             batches = make_batches(self.train_data, cfg.max_tokens, seed=cfg.seed, epoch=self.epoch)
             while self.batch_in_epoch < len(batches):
                 t0 = time.perf_counter()
-                batch = collate(self.train_data, batches[self.batch_in_epoch]).to(self.device)
-                self.step += 1
-                lr = self.schedule.apply(self.optimizer, self.step)
-                with autocast(cfg.precision, self.device.type):
-                    logits = model(batch.src, batch.tgt_in)
-                loss, nll, ntok = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
-                                                     cfg.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.loss_scale.backward(loss / max(ntok, 1), list(model.parameters()))
+                if self.parallel is not None:
+                    self.step += 1
+                    lr = self.schedule.apply(self.optimizer, self.step)
+                    loss, nll, ntok = self._sharded_gradients(batches[self.batch_in_epoch])
+                else:
+                    batch = collate(self.train_data, batches[self.batch_in_epoch]).to(self.device)
+                    self.step += 1
+                    lr = self.schedule.apply(self.optimizer, self.step)
+                    with autocast(cfg.precision, self.device.type):
+                        logits = model(batch.src, batch.tgt_in)
+                    loss, nll, ntok = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
+                                                         cfg.label_smoothing)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.loss_scale.backward(loss / max(ntok, 1), list(model.parameters()))
                 if self.loss_scale.finite([p.grad for p in model.parameters()]):
                     gnorm = (float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
                              if cfg.clip_norm > 0 else math.nan)
@@ -326,7 +343,39 @@ class Trainer:
                       f"{result.tokens_per_s:,.0f} tok/s; best valid nll {self.best_valid:.3f} @ {self.best_step}")
         return result
 
+    def _sharded_gradients(self, indices: List[int]):
+        """Data-parallel: set ``.grad`` to the gradient of the per-token loss over the global batch
+        ``indices``, computed on this worker's shards (summed loss / global token count, accumulated
+        over local shards, all-reduced). Returns the global (loss sum, nll sum, token count)."""
+        par, cfg = self.parallel, self.cfg
+        shards = shard_batch(self.train_data, indices, par.num_shards)
+        local = [(k, collate(self.train_data, shards[k]).to(self.device)) for k in par.local_shards if shards[k]]
+        (global_tokens,) = par.sync.global_tokens(sum(b.num_tokens for _, b in local))
+        par.rng.begin(self.step, par.local_shards)
+        params = list(self.model.parameters())
+        wrt = [p for p in params if p.requires_grad]
+        total = [None] * len(wrt)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        nll_sum = torch.zeros((), dtype=torch.float64)
+        for k, batch in local:
+            with par.rng.active(k):
+                with autocast(cfg.precision, self.device.type):
+                    logits = self.model(batch.src, batch.tgt_in)
+            loss, nll, _ = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
+                                              cfg.label_smoothing)
+            total = accumulate(total, self.loss_scale.grad(par.sync.mean_loss(loss, global_tokens), wrt,
+                                                           allow_unused=True))
+            loss_sum, nll_sum = loss_sum + loss.detach().double(), nll_sum + nll.detach().double()
+        grads, (loss_sum, nll_sum) = par.sync.reduce(total, wrt, extras=[loss_sum, nll_sum])
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(wrt, grads):
+            p.grad = g
+        return loss_sum, nll_sum, global_tokens
+
     def _finish(self, result: TrainResult) -> None:
+        writer = self.parallel is None or self.parallel.is_writer
+        if self.parallel is not None:
+            self.parallel.sync.barrier()   # rank 0's last checkpoint files are complete before anyone reads
         if self.save_dir:
             for name in ("last", "best"):
                 p = self.save_dir / f"checkpoint_{name}.pt"
@@ -334,11 +383,14 @@ class Trainer:
                     result.checkpoints[name] = str(p)
             numbered = [p for _, p in step_checkpoints(self.save_dir)][-self.cfg.average_last:]
             if self.cfg.average_last > 1 and len(numbered) > 1:
-                state = self.state(with_training_state=False)
-                state["model"] = average_checkpoints(numbered)
-                state["averaged_from"] = [p.name for p in numbered]
-                avg = save_checkpoint(self.save_dir / "checkpoint_avg.pt", state)
-                result.checkpoints["avg"] = str(avg)
+                if writer:
+                    state = self.state(with_training_state=False)
+                    state["model"] = average_checkpoints(numbered)
+                    state["averaged_from"] = [p.name for p in numbered]
+                    save_checkpoint(self.save_dir / "checkpoint_avg.pt", state)
+                if self.parallel is not None:
+                    self.parallel.sync.barrier()   # the average is written before another worker loads it
+                result.checkpoints["avg"] = str(self.save_dir / "checkpoint_avg.pt")
             if self.cfg.restore_best and "best" in result.checkpoints:
                 load_model_state(self.model, load_checkpoint(result.checkpoints["best"])["model"],
                                  result.checkpoints["best"])

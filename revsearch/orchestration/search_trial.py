@@ -1,0 +1,70 @@
+"""What a search trial builds and reports, shared by the one-process trial (trainables.py) and the
+workers of a data-parallel trial (data_parallel_trial.py): the loop, the report, where it runs."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Dict
+
+import torch
+
+from ..models.split_seq2seq import SplitSeq2SeqConfig
+from ..search import BilevelSearch, Genotype, Supernet, SupernetConfig, build_derived_model
+from ..search.loop import SearchData, SearchLoop
+from .data_prep import PreparedData, encoded_data, search_split
+
+STATE_FILE = "search_state.pt"
+
+
+def placement_tags() -> Dict[str, str]:
+    """Where this process runs: host, and the Ray node when inside a Ray worker. Set again whenever a
+    trial (re)starts, so a trial Tune restarted on another node shows where it finished."""
+    import socket
+    tags = {"revsearch.host": socket.gethostname(), "revsearch.pid": str(os.getpid())}
+    try:
+        import ray
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            tags["revsearch.ray_node_id"] = context.get_node_id()
+            tags["revsearch.ray_node_ip"] = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - placement is informative only; never fail a trial for it
+        pass
+    return tags
+
+
+def derived_param_count(genotype: Genotype, model_config: SplitSeq2SeqConfig) -> int:
+    with torch.device("meta"):  # count without allocating
+        model = build_derived_model(genotype, model_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_search_loop(sweep, settings, context: Dict[str, Any], parallel=None, device=None):
+    """The trial's search: data, supernet and loop (``parallel``: this process is one data-parallel
+    worker, learning/data_parallel.py; ``device``: where the supernet goes, None: CPU). Returns the loop,
+    the data and the derived models' config."""
+    prepared = PreparedData(**context["prepared"])
+    data = encoded_data(prepared, settings.data["vocab_size"], settings.data["spm_model_type"],
+                        settings.data["max_len"])
+    weight, arch = search_split(data, settings.data["arch_fraction"], sweep.seed)
+    torch.manual_seed(sweep.seed)
+    supernet_config = SupernetConfig(vocab_size=data.tokenizer.vocab_size, **settings.supernet)
+    net = Supernet(supernet_config)
+    if device is not None:
+        net.to(device)
+    loop = SearchLoop(BilevelSearch(net, settings.search, parallel=parallel),
+                      SearchData(weight, arch, data.valid, settings.data["max_tokens"], sweep.seed),
+                      valid_batches=settings.valid_batches)
+    derived_config = SplitSeq2SeqConfig(**{k: v for k, v in asdict(supernet_config).items()
+                                           if k in SplitSeq2SeqConfig.__dataclass_fields__})
+    return loop, data, derived_config
+
+
+def search_result(loop: SearchLoop, metrics: Dict[str, float], derived_config, start: float,
+                  run_id: str, total_steps: int):
+    """(metrics to log, the Tune result) of one search report."""
+    genotype = loop.genotype()
+    metrics = dict(metrics, params=derived_param_count(genotype, derived_config),
+                   trial_wall_seconds=time.perf_counter() - start)
+    return metrics, dict(metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
+                         mlflow_run_id=run_id, total_steps=total_steps)   # total: the live view's ETA

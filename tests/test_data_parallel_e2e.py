@@ -1,0 +1,108 @@
+"""End to end with ``resources.workers: 2``: the micro sweep through a real local Ray, each search and
+retrain trial a Ray Train run of two gloo workers launched from its Tune trial; exactly one MLflow child
+run per trial (rank 0 logs), tagged with where the workers ran."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = os.path.join(REPO, "tune_configs", "micro.yaml")
+
+
+@pytest.mark.slow
+def test_micro_sweep_on_two_workers_per_trial(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with open(MICRO, encoding="utf-8") as f:
+        sweep = yaml.safe_load(f)
+    sweep.update(name="microdp", num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
+    sweep["retrain"].update(baseline=False, top_k=1)
+    config = tmp_path / "microdp.yaml"
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    storage = tmp_path / "storage"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
+    proc = subprocess.run([sys.executable, "-m", "revsearch.cli", "run", str(config), "--storage", str(storage)],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    client = MlflowClient("sqlite:///" + str(storage / "mlflow.db"))
+    experiment = client.get_experiment_by_name("microdp")
+    runs = client.search_runs([experiment.experiment_id])
+    # one child run per trial, never one per worker
+    assert sorted(r.data.tags.get("revsearch.kind") for r in runs) == ["retrain", "search", "sweep"]
+    for run in (r for r in runs if r.data.tags["revsearch.kind"] != "sweep"):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["revsearch.workers"] == "2"
+        assert len(run.data.tags["revsearch.worker_nodes"].split(",")) == 2
+        assert run.data.tags["revsearch.worker_group_starts"] == "1"
+    search = next(r for r in runs if r.data.tags["revsearch.kind"] == "search")
+    assert [m.step for m in client.get_metric_history(search.info.run_id, "valid_loss")] == [10, 20]
+    assert {"genotype.json", "alpha_trajectories.png"} <= {a.path for a in client.list_artifacts(search.info.run_id)}
+    retrain = next(r for r in runs if r.data.tags["revsearch.kind"] == "retrain")
+    assert retrain.data.metrics["train_steps"] == 30 and "valid_bleu" in retrain.data.metrics
+
+
+@pytest.mark.slow
+def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path):
+    """A Ray Train worker of a 2-worker search trial SIGKILLed mid-search: Ray Train restarts the worker
+    group from its last checkpoint (FailureConfig), and the trial's one MLflow run continues without a
+    gap and without starting over."""
+    psutil = pytest.importorskip("psutil")
+    import glob
+    import torch
+    from tests.test_faults import Cli, by_kind, mlflow_runs, steps_of, the_run_dir
+
+    name, steps = "dpfault", 60
+    with open(MICRO, encoding="utf-8") as f:
+        sweep = yaml.safe_load(f)
+    sweep.update(name=name, num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
+    sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
+    sweep["retrain"].update(baseline=False, top_k=1, steps=10, validate_every=10)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    storage = tmp_path / "storage"
+
+    def checkpointed_step(run_dir):
+        found = []
+        for path in glob.glob(os.path.join(run_dir, "train_runs", "search-*", "checkpoint_*", "search_state.pt")):
+            try:
+                found.append(int(torch.load(path, weights_only=True)["step"]))
+            except Exception:  # noqa: BLE001 - a checkpoint still being written
+                pass
+        return max(found, default=0)
+
+    def train_workers(cli):
+        out = []
+        for p in cli.descendants():
+            try:
+                if " ".join(p.cmdline()).startswith("ray::RayTrainWorker"):
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
+
+    cli = Cli(str(config), storage)
+    try:
+        run_dir = cli.wait_for("the run directory", lambda: the_run_dir(storage))
+        workers = cli.wait_for("a search checkpoint at step >= 20",
+                               lambda: checkpointed_step(run_dir) >= 20 and train_workers(cli))
+        at_kill = checkpointed_step(run_dir)
+        workers[-1].kill()
+        print(f"\nSIGKILLed Train worker {workers[-1].pid} with the newest checkpoint at step {at_kill}")
+        rc = cli.wait()
+        assert rc == 0, cli.tail()
+    finally:
+        cli.close()
+
+    client, runs = mlflow_runs(storage, name)
+    (search,) = by_kind(runs, "search")                      # still one run for the trial
+    assert search.info.status == "FINISHED" and search.data.tags["revsearch.workers"] == "2"
+    assert search.data.tags["revsearch.worker_group_starts"] == "2"   # Ray Train restarted the group once
+    logged = steps_of(client, search.info.run_id)
+    print(f"valid_loss steps logged: {logged}")
+    assert sorted(set(logged)) == list(range(10, steps + 1, 10))   # no gap
+    before = [s for s in logged if s < at_kill]                    # resumed, not restarted from scratch
+    assert len(before) == len(set(before)) and logged.count(10) == 1, logged
