@@ -30,6 +30,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from revsearch.special_tokens import BOS_ID, EOS_ID  # noqa: E402
+
 from revsearch.learning.data_parallel import DataParallel  # noqa: E402
 from revsearch.search import (BilevelSearch, SearchConfig, Supernet, SupernetConfig,  # noqa: E402
                               build_derived_model, uniform_genotype)
@@ -37,7 +39,7 @@ from revsearch.search.loop import SearchData, SearchLoop  # noqa: E402
 from revsearch.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOS, EOS = 2, 3
+BOS, EOS = BOS_ID, EOS_ID   # the vocabulary ids every revsearch model uses
 DEFAULTS = dict(hidden=128, embed_dim=64, layers=2, vocab=500, max_tokens=1024, sentences=400, max_len=24,
                 warmup=2, steps=8)
 QUICK = dict(hidden=16, embed_dim=8, layers=1, vocab=24, max_tokens=64, sentences=40, max_len=7, warmup=1, steps=2)

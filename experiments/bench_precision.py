@@ -31,10 +31,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads d
 
 import torch  # noqa: E402
 
+from revsearch.special_tokens import BOS_ID, EOS_ID  # noqa: E402
+
 from revsearch.learning.precision import autocast, autocast_supported  # noqa: E402
 from revsearch.search import BilevelSearch, SearchConfig, Supernet, SupernetConfig  # noqa: E402
 
-BOS, EOS = 2, 3
+BOS, EOS = BOS_ID, EOS_ID   # the vocabulary ids every revsearch model uses
 DEFAULTS = dict(hidden=256, splits=2, embed_dim=128, depth=12, layers=4, sentences=16, length=32, vocab=1000,
                 warmup=2, steps=5, curve_steps=50, curve_hidden=64, threads=1)
 QUICK = dict(hidden=32, splits=2, embed_dim=16, depth=12, layers=2, sentences=4, length=8, vocab=64,

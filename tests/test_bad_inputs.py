@@ -647,7 +647,7 @@ CASES: List[Case] = [
          leaves_nothing=True, max_seconds=60),
     Case("sweep-num-samples-huge", "bounds", "`num_samples: 10^9`",
          run_case(sweep_file("samples.yaml", setter("num_samples", 10 ** 9))), ["samples.yaml", "num_samples"],
-         sweep=True),
+         sweep=True, memory_cap=4 * GIB, leaves_nothing=True, max_seconds=30),
     Case("sweep-hidden-huge", "bounds", "`search.hidden: 10^12` (validates, cannot be allocated)",
          run_case(sweep_file("hidden-huge.yaml", setter("search.hidden", 10 ** 12))),
          ["hidden-huge.yaml", "search", "supernet", "this machine has"], sweep=True, memory_cap=4 * GIB,

@@ -30,6 +30,25 @@ GENOTYPE = {"schema_version": 1, "splits": 2, "pooling": "max",
             "decoder": {"candidates": ["conv3", "cross_attn"], "cell": [["conv3", "cross_attn"]]}}
 
 
+@pytest.fixture
+def memory_cap():
+    """These checks run in the pytest process itself: were the bound they test to regress, the input would
+    allocate without end (a 2.7 GB repr, a million modules, tens of GB of weights). Address space is
+    capped at what the process has now plus 3 GiB for the duration of the test, and restored after."""
+    import resource
+    with open("/proc/self/status", encoding="ascii") as status:
+        current = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    cap = current + 3 * 2 ** 30
+    if before[1] != resource.RLIM_INFINITY:
+        cap = min(cap, before[1])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, before[1]))
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, before)
+
+
 def sweep(edit=None):
     data = copy.deepcopy(BASE)
     if edit:
@@ -59,7 +78,7 @@ def test_recursive_alias_is_refused():
         parse_yaml_text("seed: &r [*r]\n", "rec.yaml")
 
 
-def test_show_cuts_before_rendering():
+def test_show_cuts_before_rendering(memory_cap):
     value = ["lol"] * 9
     for _ in range(8):
         value = [value] * 9          # 9**9 elements through shared references
@@ -118,7 +137,7 @@ def test_capacity_names_what_was_asked_and_what_exists():
         sweep(lambda d: d.update(num_samples=10 ** 9))
 
 
-def test_checkpoint_spec_is_checked_on_the_meta_device():
+def test_checkpoint_spec_is_checked_on_the_meta_device(memory_cap):
     from dataclasses import asdict
     from revsearch.models.transformer import StandardTransformer, TransformerConfig
     from revsearch.train.checkpoint import check_spec_fits_weights

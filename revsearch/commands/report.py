@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def build_rows(tracker, parent_run_id: str):
     """The ranking rows of a run, read from MLflow alone: each (candidate, seed) retrain's scores and
     hypotheses, the test references logged on the parent, and from the search trial that found a genotype
     the search time and the architecture description; aggregated exactly as the run's own ranking."""
-    import tempfile
-    from ..orchestration.results import REFERENCES_FILE, hypotheses_from_mlflow
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from ..orchestration.results import REFERENCES_FILE, artifact_lines, hypotheses_from_mlflow
     from ..orchestration.ranking import SeedResult, aggregate
     searches = {run.data.tags.get("revsearch.trial_id", ""): run
                 for run in tracker.children(parent_run_id, kind="search")}
@@ -39,15 +36,7 @@ def build_rows(tracker, parent_run_id: str):
             params=int(m.get("params", 0)), target_params=int(m.get("target_params", 0)),
             train_seconds=m.get("train_seconds", 0.0), mlflow_run_id=run.info.run_id,
             bleu_signature=tags.get("revsearch.bleu_signature", "")))
-    references = None
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            path = tracker.client.download_artifacts(parent_run_id, REFERENCES_FILE, directory)
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            references = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
-        except Exception:  # noqa: BLE001 - an older run without references: no significance column
-            references = None
+    references = artifact_lines(tracker, parent_run_id, REFERENCES_FILE)   # None: an older run
     return aggregate(results, described, hypotheses=hypotheses_from_mlflow(tracker) if references else None,
                      references=references)
 

@@ -187,7 +187,7 @@ class DataParallel:
     def reference(num_shards: int, seed: int) -> "DataParallel":
         """One process computing all shards of every global batch: what ``num_shards`` workers compute."""
         return DataParallel(num_shards=num_shards, local_shards=tuple(range(num_shards)), seed=seed,
-                            sync=TokenWeightedSync(None) if not _initialised() else _Identity())
+                            sync=_Identity())
 
     @property
     def is_writer(self) -> bool:
@@ -200,10 +200,6 @@ class _Identity(TokenWeightedSync):
 
     def __init__(self):
         self.group, self.world_size, self.rank, self.distributed = None, 1, 0, False
-
-
-def _initialised() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def accumulate(total: List[Optional[Tensor]], grads: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:

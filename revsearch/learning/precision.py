@@ -77,11 +77,6 @@ def autocast(precision: str, device_type: str) -> ContextManager:
     return torch.autocast(device_type=device_type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def float_logits(logits: Tensor, precision: str) -> Tensor:
-    """Logits for the loss: lifted to float32 under mixed precision, untouched for fp32 (float64 tests)."""
-    return logits if precision == "fp32" else logits.float()
-
-
 class LossScale:
     """Dynamic loss scaling for fp16 (the rule of ``torch.amp.GradScaler``), for code that takes its
     gradients with ``torch.autograd.grad`` as well as with ``backward()``.

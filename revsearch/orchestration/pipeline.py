@@ -52,6 +52,7 @@ class RunState:
         except (OSError, ValueError, TypeError) as err:
             raise RevsearchError(f"{path}: cannot resume this run ({err})") from None
 
+
 def choose_run_dir(storage: str, name: str, resume: Optional[str]) -> str:
     runs = os.path.join(storage, "runs")
     if resume in (None, ""):
@@ -65,6 +66,7 @@ def choose_run_dir(storage: str, name: str, resume: Optional[str]) -> str:
     if not candidates:
         raise RevsearchError(f"--resume: no earlier run of '{name}' under {runs}")
     return os.path.join(runs, candidates[-1])
+
 
 def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable[[str], None]) -> str:
     """Log the best model to its retrain run as weights + JSON spec + SentencePiece model (no pickle; see
@@ -82,6 +84,7 @@ def register_best(tracker: Tracker, row: RankRow, model_name: str, log: Callable
     log(f"registered {model_name} version {version} (alias 'best'): {row.label}, "
         f"validation BLEU {row.valid_bleu:.2f} (chosen on validation only)")
     return version
+
 
 def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = None,
                  log: Callable[[str], None] = print, search_only: bool = False,

@@ -27,6 +27,7 @@ def describe_candidates(candidates) -> Dict[str, Dict[str, Any]]:
                                  "search_seconds": float(c.get("search_seconds", 0.0))}
     return described
 
+
 def seed_results(results, candidates) -> List[SeedResult]:
     """The scored (candidate, seed) retrains of stage 2's Tune results."""
     by_label = {c["label"]: c for c in candidates}
@@ -46,23 +47,28 @@ def seed_results(results, candidates) -> List[SeedResult]:
                               mlflow_run_id=m.get("mlflow_run_id", ""), bleu_signature=m.get("bleu_signature", "")))
     return out
 
-def hypotheses_from_mlflow(tracker: Tracker, name: str = "test_hypotheses.txt"):
-    """A reader of each retrain run's logged hypotheses (through the tracking server on a cluster)."""
+
+def artifact_lines(tracker: Tracker, run_id: str, name: str) -> Optional[List[str]]:
+    """The lines of a text artifact of a run (through the tracking server on a cluster); None when the
+    run has no such file (an older run: only the significance test is dropped)."""
     import tempfile
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file otherwise
-
-    def read(result: SeedResult) -> Optional[List[str]]:
-        if not result.mlflow_run_id:
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            path = tracker.client.download_artifacts(run_id, name, directory)
+        except Exception:  # noqa: BLE001 - a missing file only drops the significance test
             return None
-        with tempfile.TemporaryDirectory() as directory:
-            try:
-                path = tracker.client.download_artifacts(result.mlflow_run_id, name, directory)
-            except Exception:  # noqa: BLE001 - a missing file only drops the significance test
-                return None
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+
+def hypotheses_from_mlflow(tracker: Tracker, name: str = "test_hypotheses.txt"):
+    """A reader of each retrain run's logged hypotheses."""
+    def read(result: SeedResult) -> Optional[List[str]]:
+        return artifact_lines(tracker, result.mlflow_run_id, name) if result.mlflow_run_id else None
     return read
+
 
 def test_references(prepared: PreparedData, candidates) -> Optional[List[str]]:
     """The test references exactly as the retrains scored them."""
@@ -72,13 +78,16 @@ def test_references(prepared: PreparedData, candidates) -> Optional[List[str]]:
     corpus = load_prepared_corpus(prepared, candidates[0]["max_len"])
     return [t for _, t in corpus.test]
 
+
 REFERENCES_FILE = "test_references.txt"   # on the parent run: what the paired tests compare against
+
 
 def rows_from_results(results, candidates, tracker: Optional[Tracker] = None,
                       references: Optional[List[str]] = None) -> List[RankRow]:
     hypotheses = hypotheses_from_mlflow(tracker) if tracker is not None and references is not None else None
     return aggregate(seed_results(results, candidates), describe_candidates(candidates),
                      hypotheses=hypotheses, references=references)
+
 
 def aggregate_metrics(rows: List[RankRow]) -> Dict[str, float]:
     """The parent run's view of stage 2: each candidate's mean/std over seeds, its comparison with the
@@ -92,6 +101,7 @@ def aggregate_metrics(rows: List[RankRow]) -> Dict[str, float]:
                 metrics[f"{r.label}.{name}"] = value
     metrics.update({k: v for k, v in summary(rows).items() if not math.isnan(v)})
     return metrics
+
 
 def write_genotypes(candidates: List[Dict[str, Any]], run_dir: str) -> None:
     from ..search import Genotype

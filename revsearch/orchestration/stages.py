@@ -37,6 +37,7 @@ def close_dead_runs(tracker: Tracker, parent: str, kind: str, results, log: Call
             tracker.end_run(run.info.run_id, "KILLED")
             log(f"{kind} run {run.info.run_id} ({name}): its Tune trial was lost, marked KILLED")
 
+
 def stage_tuner(sweep, trainable_fn, context: Dict[str, Any], experiment: str, resume: bool, stage: str,
                  log: Callable[[str], None], build: Callable[[Any], Any], view: StageView,
                  name_of: Callable[[Any], str], console: ConsoleConfig):
@@ -58,12 +59,14 @@ def stage_tuner(sweep, trainable_fn, context: Dict[str, Any], experiment: str, r
     configure_tuner(tuner, live_view_callback(view, name_of, console), console)
     return tuner
 
+
 def fit_stage(tuner, console: ConsoleConfig):
     """``fit_interruptibly(tuner.fit)`` with Tune's own console off unless ``--verbose``."""
     def fit():
         with quiet_tune(console):
             return tuner.fit()
     return fit_interruptibly(fit)
+
 
 def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log: Callable[[str], None],
                  console: Optional[ConsoleConfig] = None):
@@ -114,6 +117,7 @@ def search_stage(sweep, context: Dict[str, Any], run_dir: str, resume: bool, log
     reconcile_study(sweep, run_dir, results, log)
     return results
 
+
 def select_candidates(sweep, results, log: Callable[[str], None]):
     """Top-k distinct genotypes by the (first) objective, Pareto-front members first for several
     objectives; identical genotypes are merged. Returns (candidates, finished results, their objective
@@ -150,6 +154,7 @@ def select_candidates(sweep, results, log: Callable[[str], None]):
             break
     return candidates, finished, points, front
 
+
 def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resume: bool,
                   log: Callable[[str], None], console: Optional[ConsoleConfig] = None):
     from ray import tune
@@ -182,6 +187,7 @@ def retrain_stage(sweep, context: Dict[str, Any], candidates, run_dir: str, resu
     if interrupted:
         raise Interrupted("stage 2 stopped", interrupted)
     return results
+
 
 def retrain_seeds(sweep) -> List[int]:
     return list(sweep.retrain.seeds or [sweep.seed])

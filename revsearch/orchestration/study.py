@@ -10,13 +10,16 @@ from typing import Callable, Dict, Optional
 
 TUNE_TRIAL_ATTR = "tune_trial_id"   # Optuna user attribute: the Tune trial a study trial belongs to
 
+
 def objective_of(sweep):
     metric, mode = sweep.objective.metric, sweep.objective.mode
     return metric, mode
 
+
 def study_storage(run_dir: str):
     import optuna
     return optuna.storages.RDBStorage("sqlite:///" + os.path.join(run_dir, "optuna.db"))
+
 
 @functools.lru_cache(maxsize=None)
 def resumable_optuna_search():
@@ -61,10 +64,12 @@ def resumable_optuna_search():
     ResumableOptunaSearch.__qualname__ = ResumableOptunaSearch.__name__
     return ResumableOptunaSearch
 
+
 def __getattr__(name: str):  # PEP 562: the lazily built searcher class, for pickle
     if name == "ResumableOptunaSearch":
         return resumable_optuna_search()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def reconcile_study(sweep, run_dir: str, results, log: Callable[[str], None]) -> None:
     """After stage 1's ``fit()`` no trial runs any more, so no study trial may stay RUNNING: one whose Tune

@@ -203,10 +203,6 @@ def check_existing_store(tracking_uri: str) -> None:
         raise ConfigError(f"tracking.uri: no MLflow database at {path} (nothing has been tracked there yet)")
 
 
-def default_tracking_uri(storage: str) -> str:
-    return "sqlite:///" + os.path.join(os.path.abspath(storage), "mlflow.db")
-
-
 class _MissingExperiment(Exception):
     pass
 

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..learning import InverseSqrtSchedule, label_smoothed_nll, sequence_loss
+from ..learning import InverseSqrtSchedule, label_smoothed_nll
 from ..learning.data_parallel import DataParallel, accumulate
-from ..learning.precision import (LossScale, autocast, check_precision, float_logits, model_device_type,
+from ..learning.precision import (LossScale, autocast, check_precision, model_device_type,
                                   validate_precision)
 from ..special_tokens import PAD_ID
 from .supernet import Supernet
@@ -108,19 +108,17 @@ class BilevelSearch:
         self.step_tokens = {"weight": 0, "arch": 0}   # global token counts of the current step's batches
 
     def loss(self, batch: Batch) -> Tensor:
-        """The training loss; the forward pass runs under the configured autocast, the loss in float32."""
-        src, tgt_in, tgt_out = batch
-        with autocast(self.config.precision, self.device_type):
-            logits = self.model(src, tgt_in)
-        return sequence_loss(float_logits(logits, self.config.precision), tgt_out, self.config.label_smoothing)
+        """The training loss per target token (the forward pass under the configured autocast, the loss
+        in float32 or wider)."""
+        loss, ntokens = self.summed_loss(batch)
+        return loss / max(ntokens, 1)
 
     def summed_loss(self, batch: Batch) -> Tuple[Tensor, int]:
         """The smoothed loss summed over the batch's target tokens, and their number."""
         src, tgt_in, tgt_out = batch
         with autocast(self.config.precision, self.device_type):
             logits = self.model(src, tgt_in)
-        loss, _, ntokens = label_smoothed_nll(float_logits(logits, self.config.precision), tgt_out,
-                                              self.config.label_smoothing)
+        loss, _, ntokens = label_smoothed_nll(logits, tgt_out, self.config.label_smoothing)
         return loss, ntokens
 
     def _loss_and_grads(self, batch, which: str, inputs: Sequence[Tensor],

@@ -110,8 +110,9 @@ def greedy_decode(model: nn.Module, src: Tensor, cfg: DecodeConfig = None) -> Li
         logits = scorer.logits(tokens)
         logits[:, PAD_ID] = logits[:, BOS_ID] = -math.inf
         nxt = logits.argmax(-1)
-        at_limit = torch.tensor([t + 1 >= max_len[i] for i in active], device=src.device)
-        nxt = torch.where(at_limit, torch.full_like(nxt, EOS_ID), nxt)
+        at_limit = [t + 1 >= max_len[i] for i in active]   # host-side: no tensor on most steps
+        if any(at_limit):
+            nxt = torch.where(torch.tensor(at_limit, device=src.device), torch.full_like(nxt, EOS_ID), nxt)
         tokens = torch.cat([tokens, nxt.unsqueeze(1)], 1)
         ended = nxt.eq(EOS_ID).tolist()
         if not any(ended):
@@ -156,9 +157,9 @@ def beam_search(model: nn.Module, src: Tensor, cfg: DecodeConfig = None) -> List
         logp[:, PAD_ID] = logp[:, BOS_ID] = -math.inf
         vocab = logp.size(-1)
         width = scores.size(1)                   # hypotheses per sentence: 1 at the first step, then k
-        at_limit = torch.tensor([t + 1 >= max_len[b] for b in active], device=device)
-        if bool(at_limit.any()):                 # forced end at the length limit
-            rows = at_limit.repeat_interleave(width)
+        at_limit = [t + 1 >= max_len[b] for b in active]
+        if any(at_limit):                        # forced end at the length limit (decided on the host)
+            rows = torch.tensor(at_limit, device=device).repeat_interleave(width)
             eos = logp[:, EOS_ID].clone()
             logp[rows] = -math.inf
             logp[:, EOS_ID] = torch.where(rows, eos, logp[:, EOS_ID])

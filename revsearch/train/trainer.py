@@ -33,7 +33,7 @@ from .checkpoint import (average_checkpoints, load_checkpoint, load_model_state,
                          step_checkpoints)
 from ..learning import InverseSqrtSchedule, label_smoothed_nll
 from ..learning.data_parallel import DataParallel, accumulate
-from ..learning.precision import LossScale, autocast, check_precision, float_logits, validate_precision
+from ..learning.precision import LossScale, autocast, check_precision, validate_precision
 
 Reporter = Callable[[int, Dict[str, float]], None]
 StepHook = Callable[[int, float, float], None]   # (step, training seconds, loss per token since the last report)
@@ -288,7 +288,7 @@ class Trainer:
                     lr = self.schedule.apply(self.optimizer, self.step)
                     with autocast(cfg.precision, self.device.type):
                         logits = model(batch.src, batch.tgt_in)
-                    loss, nll, ntok = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
+                    loss, nll, ntok = label_smoothed_nll(logits, batch.tgt_out,
                                                          cfg.label_smoothing)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.loss_scale.backward(loss / max(ntok, 1), list(model.parameters()))
@@ -361,7 +361,7 @@ class Trainer:
             with par.rng.active(k):
                 with autocast(cfg.precision, self.device.type):
                     logits = self.model(batch.src, batch.tgt_in)
-            loss, nll, _ = label_smoothed_nll(float_logits(logits, cfg.precision), batch.tgt_out,
+            loss, nll, _ = label_smoothed_nll(logits, batch.tgt_out,
                                               cfg.label_smoothing)
             total = accumulate(total, self.loss_scale.grad(par.sync.mean_loss(loss, global_tokens), wrt,
                                                            allow_unused=True))
