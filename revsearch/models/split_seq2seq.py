@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..ops import OpConfig, build_op
-from ..ops.incremental import IncrementalState, supports_incremental
+from ..ops.incremental import IncrementalState, start_decoding_state, supports_incremental
 from ..reversible import MultiSplitCoupling, ReversibleStack
 from ..special_tokens import PAD_ID
 
@@ -177,9 +177,7 @@ class SplitEncoderDecoder(nn.Module):
         return all(supports_incremental(g) for layer in self.decoder.layers for g in layer.functions)
 
     def start_decoding(self, memory: Tensor, src_pad_mask: Tensor) -> IncrementalState:
-        state = IncrementalState()
-        state.extras.update(memory=memory, memory_pad_mask=src_pad_mask)
-        return state
+        return start_decoding_state(memory, src_pad_mask)
 
     def decode_step(self, tokens: Tensor, state: IncrementalState) -> Tensor:
         """Logits ``[B, V]`` after feeding ``tokens`` (``[B, 1]``, the newest token of each row) at

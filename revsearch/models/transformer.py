@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..ops.incremental import IncrementalState
+from ..ops.attention import attend
+from ..ops.incremental import IncrementalState, start_decoding_state
 from ..special_tokens import PAD_ID
 
 
@@ -135,9 +136,7 @@ class StandardTransformer(nn.Module):
         return True
 
     def start_decoding(self, memory: Tensor, src_pad_mask: Tensor) -> IncrementalState:
-        state = IncrementalState()
-        state.extras.update(memory=memory, memory_pad_mask=src_pad_mask)
-        return state
+        return start_decoding_state(memory, src_pad_mask)
 
     def decode_step(self, tokens: Tensor, state: IncrementalState) -> Tensor:
         """Logits ``[B, V]`` after feeding ``tokens`` ``[B, 1]`` at position ``state.position``; equals
@@ -162,18 +161,11 @@ class StandardTransformer(nn.Module):
 
 
 def _attention(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor, key_pad: Tensor = None) -> Tensor:
-    """``nn.MultiheadAttention``'s math on projected q [B,1,D], k/v [B,S,D]; key_pad: bool[B,S] or None."""
-    b, tq, d = q.shape
-    heads = mha.num_heads
-    hd = d // heads
-    q = q.view(b, tq, heads, hd).transpose(1, 2)
-    k = k.view(b, -1, heads, hd).transpose(1, 2)
-    v = v.view(b, -1, heads, hd).transpose(1, 2)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
-    if key_pad is not None:
-        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
-    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), mha.dropout, mha.training)
-    out = (probs @ v).transpose(1, 2).reshape(b, tq, d)
+    """``nn.MultiheadAttention``'s math on projected q [B,1,D], k/v [B,S,D]; key_pad: bool[B,S] or None.
+    The attention itself is the ops' ``attend`` (same heads split, scaling and softmax); only the output
+    projection comes from ``mha``'s weights here."""
+    mask = None if key_pad is None else key_pad[:, None, None, :]
+    out = attend(q, k, v, mask, mha.num_heads, mha.dropout, mha.training)
     return nn.functional.linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 

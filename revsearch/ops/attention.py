@@ -21,10 +21,12 @@ from .base import causal_mask, check_inputs, masked_softmax, resolve_heads, zero
 from .dropout import dropout as fast_dropout
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], heads: int, dropout: float,
-            training: bool) -> Tensor:
-    """Scaled dot-product attention. q: [B, Tq, D], k/v: [B, Tk, D], mask: bool broadcastable to
-    [B, heads, Tq, Tk] with True = may not attend. Returns [B, Tq, D]."""
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], heads: int, dropout: float,
+           training: bool) -> Tensor:
+    """Scaled dot-product attention on projected q: [B, Tq, D], k/v: [B, Tk, D]; mask: bool broadcastable
+    to [B, heads, Tq, Tk] with True = may not attend. Returns [B, Tq, D], heads merged, before the output
+    projection. The one implementation of the attention math: these ops and the Transformer baseline's
+    incremental step (``models.transformer``) both use it."""
     b, tq, d = q.shape
     tk = k.shape[1]
     hd = d // heads
@@ -65,7 +67,7 @@ class SelfAttention(nn.Module):
         if self.causal:
             future = causal_mask(t, t, h.device)[None, None]        # [1, 1, Tq, Tk]
             mask = future if mask is None else (mask | future)
-        out = _attend(q, k, v, mask, self.heads, self.dropout, self.training)
+        out = attend(q, k, v, mask, self.heads, self.dropout, self.training)
         return zero_pads(self.out_proj(out), pad_mask)
 
     def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
@@ -78,7 +80,7 @@ class SelfAttention(nn.Module):
             k = torch.cat([cache["keys"], k], dim=1)
             v = torch.cat([cache["values"], v], dim=1)
         cache["keys"], cache["values"] = k, v
-        return self.out_proj(_attend(q, k, v, None, self.heads, self.dropout, self.training))
+        return self.out_proj(attend(q, k, v, None, self.heads, self.dropout, self.training))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, causal={self.causal}, dropout={self.dropout}"
@@ -118,7 +120,7 @@ class CrossAttention(nn.Module):
         q = self.q_proj(zero_pads(h, pad_mask))
         k, v = self.kv_proj(zero_pads(memory, memory_pad_mask)).chunk(2, dim=-1)
         mask = None if memory_pad_mask is None else memory_pad_mask[:, None, None, :]
-        out = _attend(q, k, v, mask, self.heads, self.dropout, self.training)
+        out = attend(q, k, v, mask, self.heads, self.dropout, self.training)
         return zero_pads(self.out_proj(out), pad_mask)
 
     def step(self, h: Tensor, cache: dict, memory: Optional[Tensor] = None,
@@ -130,8 +132,8 @@ class CrossAttention(nn.Module):
                 raise ValueError("cross_attn needs memory (the encoder output); got memory=None")
             cache["keys"], cache["values"] = self.kv_proj(zero_pads(memory, memory_pad_mask)).chunk(2, dim=-1)
         mask = None if memory_pad_mask is None else memory_pad_mask[:, None, None, :]
-        out = _attend(self.q_proj(h), cache["keys"], cache["values"], mask, self.heads, self.dropout,
-                      self.training)
+        out = attend(self.q_proj(h), cache["keys"], cache["values"], mask, self.heads, self.dropout,
+                     self.training)
         return self.out_proj(out)
 
     def extra_repr(self) -> str:

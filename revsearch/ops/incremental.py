@@ -43,6 +43,16 @@ class IncrementalState:
                     cache[key] = value.index_select(0, rows)
 
 
+def start_decoding_state(memory: Tensor, memory_pad_mask: Tensor) -> IncrementalState:
+    """The state of a new decoding batch: the encoder output and its pad mask go into ``extras`` (under
+    ``"memory"`` / ``"memory_pad_mask"``, where the models' ``decode_step`` reads them), so that beam
+    search's :meth:`IncrementalState.reorder` selects their rows along with the caches. Every seq2seq
+    model's ``start_decoding`` is this."""
+    state = IncrementalState()
+    state.extras.update(memory=memory, memory_pad_mask=memory_pad_mask)
+    return state
+
+
 def append_window(cache: Dict[str, Any], key: str, x: Tensor, keep: int) -> Tensor:
     """``cat(last keep inputs, x)`` along time (zeros before the start: the causal boundary padding),
     remembering the newest ``keep`` for the next step. x: ``[B, 1, C]`` -> ``[B, keep + 1, C]``."""
