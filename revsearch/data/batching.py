@@ -42,18 +42,24 @@ class Batch:
     tgt_in: torch.Tensor    # Long[B, T], starts with bos
     tgt_out: torch.Tensor   # Long[B, T], ends with eos
     indices: List[int]
+    # the non-pad target count, taken by ``collate`` on the host and carried by ``to``: reading it from
+    # tensors already on a GPU would be a device sync per batch (per shard, data-parallel)
+    target_tokens: Optional[int] = None
 
     @property
     def num_tokens(self) -> int:
         """Target tokens that count in the loss (non-pad)."""
-        return int((self.tgt_out != PAD_ID).sum())
+        if self.target_tokens is None:
+            self.target_tokens = int((self.tgt_out != PAD_ID).sum())
+        return self.target_tokens
 
     @property
     def num_src_tokens(self) -> int:
         return int((self.src != PAD_ID).sum())
 
     def to(self, device) -> "Batch":
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices,
+                     target_tokens=self.num_tokens)
 
 
 def filter_long(examples: Sequence[EncodedPair], max_positions: int) -> Tuple[List[int], int]:
@@ -121,7 +127,9 @@ def collate(examples: Sequence[EncodedPair], indices: Sequence[int]) -> Batch:
     src = _pad([examples[i][0] for i in indices])
     tgt = _pad([examples[i][1] for i in indices])
     tgt_in = tgt[:, :-1].masked_fill(tgt[:, :-1].eq(EOS_ID), PAD_ID)   # eos is never an input
-    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt[:, 1:].contiguous(), indices=list(indices))
+    tgt_out = tgt[:, 1:].contiguous()
+    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt_out, indices=list(indices),
+                 target_tokens=int(tgt_out.ne(PAD_ID).sum()))
 
 
 def encode_pairs(tokenizer, pairs: Sequence[Tuple[str, str]]) -> List[EncodedPair]:

@@ -15,6 +15,14 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
 
     The smoothing mass ``smoothing`` is spread uniformly over the vocabulary (fairseq's formulation:
     ``(1 - eps) * nll + eps * mean_v(-log p_v)``). Divide by the token count for a per-token loss."""
+    loss, nll = label_smoothed_sums(logits, target, smoothing, ignore_index)
+    return loss, nll, int(target.ne(ignore_index).sum())
+
+
+def label_smoothed_sums(logits: Tensor, target: Tensor, smoothing: float = 0.1,
+                        ignore_index: int = PAD_ID) -> Tuple[Tensor, Tensor]:
+    """``label_smoothed_nll`` without the token count: reading that count from a GPU tensor is a device
+    sync, which the data-parallel steps avoid by taking it on the host (``data.batching.Batch``)."""
     # half precision is lifted to float32 for the softmax; float64 stays float64 (the gradient checks)
     logp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
                              dim=-1)
@@ -25,7 +33,7 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float = 0.1,
     loss = (1.0 - smoothing) * nll + smoothing * smooth
     loss = loss.masked_fill(~mask, 0.0).sum()
     nll = nll.masked_fill(~mask, 0.0).sum()
-    return loss, nll, int(mask.sum())
+    return loss, nll
 
 
 def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:

@@ -11,9 +11,11 @@ parameter-free ops while every learned op is still a random function. During war
 skipped entirely (no forward on the architecture batch, no α optimizer step): α stays bit-identical.
 
 Data-parallel (``parallel``, learning/data_parallel.py): the batches are this process's shards of the
-global batches, ``[(shard index, batch), ...]``; every gradient of the step (the α and θ gradients, and
-in second order the virtual step, dα, dθ' and both Hessian terms) is the token-weighted gradient of the
-global batch, all-reduced before it is used, so every worker takes the one-process step.
+global batches, ``[(shard index, data.batching.Batch), ...]``, whose token counts were taken on the host
+when they were collated (no device sync per shard, as in the Trainer); every gradient of the step (the
+α and θ gradients, and in second order the virtual step, dα, dθ' and both Hessian terms) is the
+token-weighted gradient of the global batch, all-reduced before it is used, so every worker takes the
+one-process step.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..data.batching import Batch as CollatedBatch
 from ..errors import ConfigError
-from ..learning import InverseSqrtSchedule, label_smoothed_nll
+from ..learning import InverseSqrtSchedule, label_smoothed_sums
 from ..learning.data_parallel import DataParallel, accumulate
 from ..learning.precision import (LossScale, autocast, check_precision, model_device_type,
                                   validate_precision)
@@ -34,8 +37,8 @@ from .supernet import Supernet
 
 # (source tokens, decoder input starting with bos, target ending with eos)
 Batch = Tuple[Tensor, Tensor, Tensor]
-# data-parallel: this process's shards of one global batch, (shard index, batch)
-ShardedBatch = Sequence[Tuple[int, Batch]]
+# data-parallel: this process's shards of one global batch, (shard index, batch with its host token count)
+ShardedBatch = Sequence[Tuple[int, CollatedBatch]]
 
 
 @dataclass
@@ -116,10 +119,13 @@ class BilevelSearch:
     def summed_loss(self, batch: Batch) -> Tuple[Tensor, int]:
         """The smoothed loss summed over the batch's target tokens, and their number."""
         src, tgt_in, tgt_out = batch
+        return self._loss_sum(src, tgt_in, tgt_out), int(tgt_out.ne(PAD_ID).sum())
+
+    def _loss_sum(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """The smoothed loss summed over the target tokens (no token count: no device sync)."""
         with autocast(self.config.precision, self.device_type):
             logits = self.model(src, tgt_in)
-        loss, _, ntokens = label_smoothed_nll(logits, tgt_out, self.config.label_smoothing)
-        return loss, ntokens
+        return label_smoothed_sums(logits, tgt_out, self.config.label_smoothing)[0]
 
     def _loss_and_grads(self, batch, which: str, inputs: Sequence[Tensor],
                         allow_unused: bool = False) -> Tuple[Tensor, List[Optional[Tensor]]]:
@@ -134,7 +140,7 @@ class BilevelSearch:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for k, shard in batch:
             with self.parallel.rng.active(k):
-                shard_loss, _ = self.summed_loss(shard)
+                shard_loss = self._loss_sum(shard.src, shard.tgt_in, shard.tgt_out)
             shard_loss = self.parallel.sync.mean_loss(shard_loss, self.step_tokens[which])
             total = accumulate(total, scale.grad(shard_loss, inputs, allow_unused=True))
             loss_sum = loss_sum + shard_loss.detach().double()
@@ -144,9 +150,10 @@ class BilevelSearch:
         return loss, grads
 
     def _begin_parallel_step(self, weight_batch: ShardedBatch, arch_batch: ShardedBatch) -> None:
-        """Global token counts (one all-reduce) and this step's shard random streams."""
+        """Global token counts (one all-reduce of the shards' host-side counts) and this step's shard
+        random streams."""
         par = self.parallel
-        local = [sum(int(b[2].ne(PAD_ID).sum()) for _, b in batch) for batch in (weight_batch, arch_batch)]
+        local = [sum(b.num_tokens for _, b in batch) for batch in (weight_batch, arch_batch)]
         self.step_tokens["weight"], self.step_tokens["arch"] = par.sync.global_tokens(*local)
         par.rng.begin(self.step_count, par.local_shards)
 

@@ -52,17 +52,13 @@ class BatchStream:
         return collate(self.examples, self.next_indices())
 
     def next_shards(self, num_shards: int, local_shards: Sequence[int],
-                    device: Optional[torch.device] = None) -> List[Tuple[int, Tuple]]:
+                    device: Optional[torch.device] = None) -> List[Tuple[int, Batch]]:
         """Data-parallel: the next global batch cut into ``num_shards`` token-balanced shards, and of
-        those the non-empty ones in ``local_shards`` as ``(shard index, (src, tgt_in, tgt_out))``. The
-        stream advances by one global batch whatever the worker count, so its position resumes with any."""
+        those the non-empty ones in ``local_shards`` as ``(shard index, batch)`` on ``device`` (each
+        batch keeps the token count ``collate`` took on the host). The stream advances by one global
+        batch whatever the worker count, so its position resumes with any."""
         shards = shard_batch(self.examples, self.next_indices(), num_shards)
-        out = []
-        for k in local_shards:
-            if shards[k]:
-                b = collate(self.examples, shards[k]).to(device or "cpu")
-                out.append((k, (b.src, b.tgt_in, b.tgt_out)))
-        return out
+        return [(k, collate(self.examples, shards[k]).to(device or "cpu")) for k in local_shards if shards[k]]
 
     def state_dict(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

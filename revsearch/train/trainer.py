@@ -31,7 +31,7 @@ from ..data.batching import EncodedPair, collate, filter_long, make_batches, sha
 from ..errors import ConfigError, RevsearchError
 from .checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
                          step_checkpoints)
-from ..learning import InverseSqrtSchedule, label_smoothed_nll
+from ..learning import InverseSqrtSchedule, label_smoothed_nll, label_smoothed_sums
 from ..learning.data_parallel import DataParallel, accumulate
 from ..learning.precision import LossScale, autocast, check_precision, validate_precision
 
@@ -253,15 +253,19 @@ class Trainer:
         return bool(self.cfg.patience) and self.bad_rounds >= self.cfg.patience
 
     # ------------------------------------------------------------------ training
+    def _time_spent(self, session_start: float, elapsed_at_start: float) -> bool:
+        """This process's clock says the time budget is used up (False without one)."""
+        return self.cfg.time_budget_s is not None and \
+            elapsed_at_start + time.perf_counter() - session_start >= self.cfg.time_budget_s
+
     def _budget_reason(self, session_start: float, elapsed_at_start: float) -> Optional[str]:
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return "max_steps"
-        if self.cfg.time_budget_s is not None:
-            over = elapsed_at_start + time.perf_counter() - session_start >= self.cfg.time_budget_s
-            if self.parallel is not None:   # every worker stops at the same step, or the others hang
-                over = self.parallel.sync.global_tokens(int(over))[0] > 0
-            if over:
-                return "time_budget"
+        # data-parallel: the workers' clocks differ, and all must stop at the same step or the others
+        # hang in a collective; they agree on the time budget at the start of every step, in the
+        # all-reduce of its token count (``_sharded_gradients``), not here
+        if self.parallel is None and self._time_spent(session_start, elapsed_at_start):
+            return "time_budget"
         if self.cfg.max_epochs is not None and self.epoch >= self.cfg.max_epochs:
             return "max_epochs"
         return None
@@ -279,17 +283,23 @@ class Trainer:
             while self.batch_in_epoch < len(batches):
                 t0 = time.perf_counter()
                 if self.parallel is not None:
+                    sharded = self._sharded_gradients(batches[self.batch_in_epoch], self.step + 1,
+                                                      self._time_spent(start, elapsed0))
+                    if sharded is None:   # a worker's time budget is spent: all stop here, before the step
+                        reason = "time_budget"
+                        break
+                    loss, nll, ntok = sharded
                     self.step += 1
                     lr = self.schedule.apply(self.optimizer, self.step)
-                    loss, nll, ntok = self._sharded_gradients(batches[self.batch_in_epoch])
                 else:
                     batch = collate(self.train_data, batches[self.batch_in_epoch]).to(self.device)
                     self.step += 1
                     lr = self.schedule.apply(self.optimizer, self.step)
                     with autocast(cfg.precision, self.device.type):
                         logits = model(batch.src, batch.tgt_in)
-                    loss, nll, ntok = label_smoothed_nll(logits, batch.tgt_out,
-                                                         cfg.label_smoothing)
+                    # the token count collate took on the host (no device sync)
+                    loss, nll = label_smoothed_sums(logits, batch.tgt_out, cfg.label_smoothing)
+                    ntok = batch.num_tokens
                     self.optimizer.zero_grad(set_to_none=True)
                     self.loss_scale.backward(loss / max(ntok, 1), list(model.parameters()))
                 if self.loss_scale.finite([p.grad for p in model.parameters()]):
@@ -343,15 +353,20 @@ class Trainer:
                       f"{result.tokens_per_s:,.0f} tok/s; best valid nll {self.best_valid:.3f} @ {self.best_step}")
         return result
 
-    def _sharded_gradients(self, indices: List[int]):
+    def _sharded_gradients(self, indices: List[int], step: int, time_spent: bool):
         """Data-parallel: set ``.grad`` to the gradient of the per-token loss over the global batch
-        ``indices``, computed on this worker's shards (summed loss / global token count, accumulated
-        over local shards, all-reduced). Returns the global (loss sum, nll sum, token count)."""
+        ``indices`` at step ``step``, computed on this worker's shards (summed loss / global token
+        count, accumulated over local shards, all-reduced). Returns the global (loss sum, nll sum, token
+        count), or None, before any forward pass, when ``time_spent`` on any worker: the flag travels in
+        the all-reduce of the token counts, so the stop costs no collective of its own."""
         par, cfg = self.parallel, self.cfg
         shards = shard_batch(self.train_data, indices, par.num_shards)
         local = [(k, collate(self.train_data, shards[k]).to(self.device)) for k in par.local_shards if shards[k]]
-        (global_tokens,) = par.sync.global_tokens(sum(b.num_tokens for _, b in local))
-        par.rng.begin(self.step, par.local_shards)
+        global_tokens, workers_out_of_time = par.sync.global_tokens(sum(b.num_tokens for _, b in local),
+                                                                    int(time_spent))
+        if workers_out_of_time:
+            return None
+        par.rng.begin(step, par.local_shards)
         params = list(self.model.parameters())
         wrt = [p for p in params if p.requires_grad]
         total = [None] * len(wrt)
@@ -361,8 +376,7 @@ class Trainer:
             with par.rng.active(k):
                 with autocast(cfg.precision, self.device.type):
                     logits = self.model(batch.src, batch.tgt_in)
-            loss, nll, _ = label_smoothed_nll(logits, batch.tgt_out,
-                                              cfg.label_smoothing)
+            loss, nll = label_smoothed_sums(logits, batch.tgt_out, cfg.label_smoothing)
             total = accumulate(total, self.loss_scale.grad(par.sync.mean_loss(loss, global_tokens), wrt,
                                                            allow_unused=True))
             loss_sum, nll_sum = loss_sum + loss.detach().double(), nll_sum + nll.detach().double()
