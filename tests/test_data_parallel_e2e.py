@@ -20,6 +20,10 @@ def test_micro_sweep_on_two_workers_per_trial(tmp_path):
         sweep = yaml.safe_load(f)
     sweep.update(name="microdp", num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
     sweep["retrain"].update(baseline=False, top_k=1)
+    # the proxy retrain and the retrain's scoring run after the Train run, in a Ray task holding one
+    # worker's CPU (the trial process holds none): the objective must still come back from it
+    sweep["search"]["proxy_retrain"] = {"steps": 5, "valid_sentences": 10, "beam": 1}
+    sweep["objective"] = {"metric": "proxy_valid_loss", "mode": "min"}
     config = tmp_path / "microdp.yaml"
     config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
     storage = tmp_path / "storage"
@@ -38,7 +42,9 @@ def test_micro_sweep_on_two_workers_per_trial(tmp_path):
         assert run.data.tags["revsearch.workers"] == "2"
         assert len(run.data.tags["revsearch.worker_nodes"].split(",")) == 2
         assert run.data.tags["revsearch.worker_group_starts"] == "1"
+        assert run.data.tags["revsearch.worker_devices"] == "cpu,cpu"
     search = next(r for r in runs if r.data.tags["revsearch.kind"] == "search")
+    assert search.data.metrics["proxy_valid_loss"] > 0 and search.data.metrics["proxy_params"] > 0
     assert [m.step for m in client.get_metric_history(search.info.run_id, "valid_loss")] == [10, 20]
     assert {"genotype.json", "alpha_trajectories.png"} <= {a.path for a in client.list_artifacts(search.info.run_id)}
     retrain = next(r for r in runs if r.data.tags["revsearch.kind"] == "retrain")
@@ -51,9 +57,7 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
     group from its last checkpoint (FailureConfig), and the trial's one MLflow run continues without a
     gap and without starting over."""
     psutil = pytest.importorskip("psutil")
-    import glob
-    import torch
-    from tests.test_faults import Cli, by_kind, mlflow_runs, steps_of, the_run_dir
+    from tests.test_faults import Cli, by_kind, checkpointed_train_step, mlflow_runs, steps_of, the_run_dir
 
     name, steps = "dpfault", 60
     with open(MICRO, encoding="utf-8") as f:
@@ -64,15 +68,6 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
     storage = tmp_path / "storage"
-
-    def checkpointed_step(run_dir):
-        found = []
-        for path in glob.glob(os.path.join(run_dir, "train_runs", "search-*", "checkpoint_*", "search_state.pt")):
-            try:
-                found.append(int(torch.load(path, weights_only=True)["step"]))
-            except Exception:  # noqa: BLE001 - a checkpoint still being written
-                pass
-        return max(found, default=0)
 
     def train_workers(cli):
         out = []
@@ -88,8 +83,8 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
     try:
         run_dir = cli.wait_for("the run directory", lambda: the_run_dir(storage))
         workers = cli.wait_for("a search checkpoint at step >= 20",
-                               lambda: checkpointed_step(run_dir) >= 20 and train_workers(cli))
-        at_kill = checkpointed_step(run_dir)
+                               lambda: checkpointed_train_step(run_dir) >= 20 and train_workers(cli))
+        at_kill = checkpointed_train_step(run_dir)
         workers[-1].kill()
         print(f"\nSIGKILLed Train worker {workers[-1].pid} with the newest checkpoint at step {at_kill}")
         rc = cli.wait()
@@ -106,3 +101,61 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
     assert sorted(set(logged)) == list(range(10, steps + 1, 10))   # no gap
     before = [s for s in logged if s < at_kill]                    # resumed, not restarted from scratch
     assert len(before) == len(set(before)) and logged.count(10) == 1, logged
+
+
+@pytest.mark.slow
+def test_driver_killed_in_data_parallel_search_resumes_from_the_train_checkpoint(tmp_path):
+    """The driver and its local Ray SIGKILLed while a 2-worker search trial runs: ``--resume`` restores the
+    Tune trial, which starts its Ray Train run under the same name; Train V2 restores that run from its
+    storage, so the search continues from its last checkpoint, in the trial's same MLflow run, with no gap."""
+    from tests.test_faults import (Cli, by_kind, checkpointed_train_step, experiment_state, mlflow_runs,
+                                   ray_leftovers, run_stage, steps_of, the_run_dir)
+
+    name, steps = "dpresume", 60
+    with open(MICRO, encoding="utf-8") as f:
+        sweep = yaml.safe_load(f)
+    sweep.update(name=name, num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
+    sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
+    sweep["retrain"].update(baseline=False, top_k=1, steps=10, validate_every=10)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    storage = tmp_path / "storage"
+
+    cli = Cli(str(config), storage)
+    try:
+        run_dir = cli.wait_for("the run directory", lambda: the_run_dir(storage))
+        experiment = os.path.join(run_dir, "search")
+        cli.wait_for("a saved RUNNING trial with a search checkpoint at step >= 20", lambda: (
+            checkpointed_train_step(run_dir) >= 20
+            and "RUNNING" in {s for s, _ in experiment_state(experiment).values()}))
+        at_kill = checkpointed_train_step(run_dir)
+        left = cli.kill_all()
+        assert not left, f"processes survived SIGKILL: {left}"
+        print(f"\nkilled the driver with the newest Train checkpoint at step {at_kill}")
+    finally:
+        cli.close()
+    assert run_stage(run_dir) == "search"
+    client, runs = mlflow_runs(storage, name)
+    (before,) = by_kind(runs, "search")
+    assert before.info.status == "RUNNING"   # the driver died before it could end the run
+
+    resumed = Cli(str(config), storage, "--resume")
+    try:
+        rc = resumed.wait()
+        print(f"--resume exited {rc} after {resumed.elapsed():.0f}s")
+        assert rc == 0, resumed.tail()
+    finally:
+        resumed.close()
+    assert run_stage(run_dir) == "done" and os.path.isfile(os.path.join(run_dir, "ranking.csv"))
+    client, runs = mlflow_runs(storage, name)
+    (search,) = by_kind(runs, "search")                 # the same run, continued
+    assert search.info.run_id == before.info.run_id and search.info.status == "FINISHED"
+    assert search.data.tags["revsearch.worker_group_starts"] == "2"   # one group before, one after
+    logged = steps_of(client, search.info.run_id)
+    print(f"valid_loss steps logged: {logged}")
+    assert sorted(set(logged)) == list(range(10, steps + 1, 10))       # no gap
+    earlier = [s for s in logged if s <= at_kill]                      # restored, not started over
+    assert len(earlier) == len(set(earlier)), logged
+    (retrain,) = by_kind(runs, "retrain")
+    assert retrain.info.status == "FINISHED" and "valid_bleu" in retrain.data.metrics
+    assert not ray_leftovers(resumed)

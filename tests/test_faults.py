@@ -211,6 +211,18 @@ def experiment_state(experiment):
     return out
 
 
+def checkpointed_train_step(run_dir):
+    """Newest search step checkpointed by a data-parallel trial's Ray Train run (``train_runs/search-*``)."""
+    import torch
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "train_runs", "search-*", "checkpoint_*", "search_state.pt")):
+        try:
+            found.append(int(torch.load(path, weights_only=True)["step"]))
+        except Exception:  # noqa: BLE001 - a checkpoint still being written
+            pass
+    return max(found, default=0)
+
+
 def trainer_checkpoint(run_dir, label):
     """Step of the newest numbered trainer checkpoint of a retrain
     (``retrain/<label>/seed<seed>/checkpoint_<step>.pt``: one directory per retrain seed)."""

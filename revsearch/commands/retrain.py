@@ -79,7 +79,8 @@ def _run(args) -> int:
     context = {"tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
                "artifact_root": os.path.join(sweep.storage, "mlartifacts"), "parent_run_id": parent,
                "run_dir": run_dir, "seed": sweep.seed, "threads": args.threads,
-               "prepared": prepared.to_dict(), "retrain": sweep.retrain.to_dict()}
+               "prepared": prepared.to_dict(), "retrain": sweep.retrain.to_dict(),
+               "gpu": sweep.resources.gpu}   # resources.gpu > 0 and CUDA here: train and decode on the GPU
     status = "FAILED"
     try:
         held.deliver()

@@ -11,6 +11,9 @@
   (driver killed, ``--resume``) starts a Train run of the same name, which Train V2 restores from its
   storage; the stream positions in the checkpoint do not depend on the worker count.
 * gloo on CPU, NCCL when the workers have GPUs. ``workers: 1`` never comes here.
+* What the trial does after its Train run (a search trial's proxy retrain, a retrain trial's decoding and
+  scoring) runs in a Ray task asking for one worker's ``cpu``/``gpu`` (``run_with_worker_resources``):
+  the trial process itself holds almost nothing (stages.py), and the Train workers have released theirs.
 """
 from __future__ import annotations
 
@@ -34,12 +37,26 @@ def scaling(sweep):
             TorchConfig(backend="nccl" if r.gpu > 0 else "gloo"))   # workers with a GPU hold CUDA tensors
 
 
-def tag_workers(tracker, run_id: str, parallel) -> None:
-    """Every worker's placement gathered to rank 0, which tags the trial's run with where they ran."""
+def run_with_worker_resources(resources, fn, *args):
+    """``fn(*args)`` in a Ray task holding one worker's ``cpu``/``gpu``, and its return value. The task is
+    scheduled outside the trial's placement group: Tune makes a trial's child tasks inherit its group,
+    whose only bundle is the trial function's token request, and Ray refuses a CPU task there
+    (ValueError: no bundle fits)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    task = ray.remote(fn).options(
+        num_cpus=float(resources.cpu), num_gpus=float(resources.gpu), max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    return ray.get(task.remote(*args))
+
+
+def tag_workers(tracker, run_id: str, parallel, device=None) -> None:
+    """Every worker's placement and device gathered to rank 0, which tags the trial's run with where
+    they ran."""
     import torch.distributed as dist
     from .search_trial import placement_tags
     gathered = [None] * parallel.num_shards
-    dist.all_gather_object(gathered, placement_tags())
+    dist.all_gather_object(gathered, placement_tags() | {"revsearch.device": str(device or "cpu")})
     if tracker is not None:
         where = [t.get("revsearch.ray_node_ip") or t["revsearch.host"] for t in gathered]
         # 1 + the restarts of the worker group after a lost worker (Ray Train's FailureConfig)
@@ -47,6 +64,7 @@ def tag_workers(tracker, run_id: str, parallel) -> None:
         tracker.set_tags(run_id, {"revsearch.worker_group_starts": str(starts),
                                   "revsearch.workers": str(parallel.num_shards),
                                   "revsearch.worker_nodes": ",".join(where),
+                                  "revsearch.worker_devices": ",".join(t["revsearch.device"] for t in gathered),
                                   "revsearch.worker_node_ids": ",".join(t.get("revsearch.ray_node_id", "")
                                                                         for t in gathered)})
 
@@ -98,7 +116,7 @@ def search_worker(train_config: Dict[str, Any]) -> None:
             loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
     tracker = Tracker(context["tracking_uri"], context["experiment"], context.get("artifact_root")) \
         if parallel.is_writer else None
-    tag_workers(tracker, run_id, parallel)
+    tag_workers(tracker, run_id, parallel, device)
     start = time.perf_counter()
 
     def on_report(step: int, metrics: Dict[str, float], loop) -> None:
@@ -174,7 +192,7 @@ def retrain_worker(train_loop_config: Dict[str, Any]) -> None:
     parallel = DataParallel.worker(seed)
     tracker = Tracker(context["tracking_uri"], context["experiment"], context.get("artifact_root")) \
         if parallel.is_writer else None
-    tag_workers(tracker, run_id, parallel)
+    tag_workers(tracker, run_id, parallel, train_config.get("device"))
 
     def on_report(step: int, metrics: Dict[str, float]) -> None:
         if tracker is not None:

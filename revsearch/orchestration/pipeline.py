@@ -140,7 +140,8 @@ def run_pipeline(sweep, address: Optional[str] = None, resume: Optional[str] = N
                    "tracking_uri": sweep.tracking_uri, "experiment": sweep.experiment_name,
                    "artifact_root": os.path.join(storage, "mlartifacts"),
                    "parent_run_id": state.parent_run_id, "run_dir": run_dir, "seed": sweep.seed,
-                   "threads": threads, "retrain": sweep.retrain.to_dict(), "workers": sweep.resources.workers}
+                   "threads": threads, "retrain": sweep.retrain.to_dict(), "workers": sweep.resources.workers,
+                   "gpu": sweep.resources.gpu}
         # warm the tokenizer cache once here instead of racing in every trial
         from .candidates import retrain_candidates
         from .data_prep import tokenizer_for

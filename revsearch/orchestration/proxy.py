@@ -16,15 +16,17 @@ reads the test set.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 
-def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id: str) -> Dict[str, float]:
+def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id: str,
+                  device: Optional[torch.device] = None) -> Dict[str, float]:
     """Retrain ``genotype`` (the trial's derived genotype) at the sweep's retrain size for
     ``search.proxy_retrain.steps`` steps and score it on validation data. ``data`` is the trial's
-    ``EncodedData`` (its tokenizer gives the real vocabulary size the model is counted with)."""
+    ``EncodedData`` (its tokenizer gives the real vocabulary size the model is counted with);
+    ``device``: where to train and decode (None: the CPU)."""
     from ..train.decoding import DecodeConfig
     from ..train.evaluate import EvalConfig, evaluate_model
     from ..train.trainer import TrainConfig, Trainer
@@ -52,9 +54,31 @@ def proxy_retrain(sweep, trial_config: Dict[str, Any], genotype, data, trial_id:
                          max_tokens=proxy["max_tokens"] or r.max_tokens, label_smoothing=r.label_smoothing,
                          max_steps=proxy["steps"], valid_every=0, log_every=max(1, proxy["steps"]),
                          quiet=True, save_dir=None, seed=sweep.seed, max_positions=candidate["max_len"],
-                         precision=r.precision)
+                         precision=r.precision, device=str(device or "cpu"))
     result = Trainer(model, data.train, data.valid, config, model_spec=spec).train()
     pairs = data.valid_pairs[: proxy["valid_sentences"]]
-    evaluation = evaluate_model(model, data.tokenizer, pairs, EvalConfig(decode=DecodeConfig(beam_size=proxy["beam"])))
+    evaluation = evaluate_model(model, data.tokenizer, pairs, EvalConfig(decode=DecodeConfig(beam_size=proxy["beam"])),
+                                device or "cpu")
     return {"proxy_valid_bleu": float(evaluation.bleu), "proxy_valid_loss": float(result.last_valid_nll),
             "proxy_params": float(candidate["params"]), "proxy_seconds": time.perf_counter() - start}
+
+
+def proxy_retrain_task(context: Dict[str, Any], trial_config: Dict[str, Any], genotype_json: str,
+                       trial_id: str) -> Dict[str, float]:
+    """``proxy_retrain`` of a data-parallel search trial, run as a Ray task holding one worker's
+    resources (data_parallel_trial.run_with_worker_resources): rebuilds the trial's sweep, settings and
+    data from the context instead of receiving them."""
+    import json
+    from ..search import Genotype
+    from .data_prep import PreparedData, encoded_data
+    from .search_trial import trial_device
+    from .space import resolve_trial
+    from .sweep import validate_sweep_dict
+
+    torch.set_num_threads(max(1, int(context.get("threads", 1))))
+    sweep = validate_sweep_dict(context["sweep"], source=context.get("sweep_source", "sweep"))
+    settings = resolve_trial(sweep, dict(trial_config))
+    data = encoded_data(PreparedData(**context["prepared"]), settings.data["vocab_size"],
+                        settings.data["spm_model_type"], settings.data["max_len"])
+    genotype = Genotype.from_dict(json.loads(genotype_json))
+    return proxy_retrain(sweep, trial_config, genotype, data, trial_id, trial_device(sweep.resources.gpu))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -31,6 +31,23 @@ def placement_tags() -> Dict[str, str]:
     except Exception:  # noqa: BLE001 - placement is informative only; never fail a trial for it
         pass
     return tags
+
+
+def trial_device(gpu: float) -> Optional[torch.device]:
+    """Where a one-process trial (or a Ray task holding one worker's resources) computes: the GPU Ray
+    gave it when the sweep asks for ``gpu > 0`` and this torch has CUDA, else None (the CPU). Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to the GPU it assigned, so inside the process that GPU is ``cuda:0``."""
+    if gpu > 0 and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return None
+
+
+def device_tags(device: Optional[torch.device]) -> Dict[str, str]:
+    """The trial run's ``revsearch.device`` tag (and the GPU's name), so a run that asked for a GPU and
+    fell back to the CPU (a CPU-only torch on the node) says so."""
+    if device is None or device.type != "cuda":
+        return {"revsearch.device": "cpu"}
+    return {"revsearch.device": str(device), "revsearch.gpu_name": torch.cuda.get_device_name(device)}
 
 
 def derived_param_count(genotype: Genotype, model_config: SplitSeq2SeqConfig) -> int:

@@ -23,7 +23,8 @@ from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cel
 from .candidates import build_retrain_model
 from .data_prep import PreparedData, encoded_data
 # re-exported: callers import these from here
-from .search_trial import STATE_FILE, build_search_loop, derived_param_count, placement_tags, search_result  # noqa: F401
+from .search_trial import (STATE_FILE, build_search_loop, derived_param_count, device_tags,  # noqa: F401
+                           placement_tags, search_result, trial_device)
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
 
 
@@ -74,9 +75,12 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
         tracker.log_params(run_id, {"sampled": dict(config), "supernet": settings.supernet,
                                     "search": asdict(settings.search), "data": settings.data,
                                     "steps": settings.steps})
-        loop, data, derived_config = build_search_loop(sweep, settings, context)
+        # a one-process trial computes on the GPU Ray gave it; the workers of a data-parallel one on theirs
+        device = trial_device(sweep.resources.gpu) if sweep.resources.workers == 1 else None
+        loop, data, derived_config = build_search_loop(sweep, settings, context, device=device)
         net = loop.model
-        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in net.parameters())})
+        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in net.parameters())}
+                         | (device_tags(device) if sweep.resources.workers == 1 else {}))
         if sweep.resources.workers > 1:   # a Ray Train run of N workers; rank 0 logs into this run
             from .data_parallel_trial import run_search_workers
             loop.load_state_dict(run_search_workers(sweep, dict(config), context, run_id, trial_id))
@@ -101,8 +105,13 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
                 loop.run(settings.steps, settings.report_every, on_report)
         genotype = loop.genotype()
         if sweep.search.proxy_retrain is not None:
-            from .proxy import proxy_retrain
-            proxy = proxy_retrain(sweep, config, genotype, data, trial_id)
+            from .proxy import proxy_retrain, proxy_retrain_task
+            if sweep.resources.workers > 1:   # the trial holds no CPU of its own: a task holding a worker's
+                from .data_parallel_trial import run_with_worker_resources
+                proxy = run_with_worker_resources(sweep.resources, proxy_retrain_task, context, dict(config),
+                                                  genotype.to_json(), trial_id)
+            else:
+                proxy = proxy_retrain(sweep, config, genotype, data, trial_id, device)
             tracker.log_metrics(run_id, proxy, settings.steps)
             # the trial's last result: every metric it reported last (read back, so a trial restored after
             # its search finished has them too) plus the proxy's, which the objective may name
@@ -161,9 +170,8 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
     rankings and the registry decide on) and on the test set (reported only), log everything to its
     MLflow run. Used by the Tune trial and by ``revsearch retrain`` (which passes a printer as ``report``
     and a progress bar as ``on_step``, see ``Trainer``)."""
-    from ..train.evaluate import EvalConfig, evaluate_model
-    from ..train.decoding import DecodeConfig
     from ..train.trainer import TrainConfig, Trainer, load_evaluated_weights
+    from .scoring import score_retrained
 
     torch.set_num_threads(max(1, int(context.get("threads", 1))))
     seed = int(context["seed"] if seed is None else seed)
@@ -186,8 +194,10 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
                      checkpoint_path=done.data.tags.get("revsearch.checkpoint", ""))
         report(final)
         return final
+    workers = int(context.get("workers", 1))
+    device = trial_device(float(context.get("gpu", 0))) if workers == 1 else None
     run_id = tracker.start_run(f"retrain-{label}-seed{seed}", tags, parent=context["parent_run_id"], key=key)
-    tracker.set_tags(run_id, placement_tags())
+    tracker.set_tags(run_id, placement_tags() | (device_tags(device) if workers == 1 else {}))
     status = "FAILED"
     try:
         prepared = PreparedData(**context["prepared"])
@@ -206,7 +216,7 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
             valid_every=retrain["validate_every"], log_every=max(1, retrain["validate_every"] // 4),
             average_last=retrain["average_last"], keep_last=max(retrain["average_last"], 2),
             save_dir=save_dir, resume=True, quiet=True, seed=seed,
-            max_positions=candidate["max_len"], precision=retrain["precision"])
+            max_positions=candidate["max_len"], precision=retrain["precision"], device=str(device or "cpu"))
 
         # how long the training runs, for a progress view's time left (not logged to MLflow)
         extent = {k: v for k, v in (("total_steps", train_config.max_steps),
@@ -216,28 +226,24 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
             tracker.log_metrics(run_id, metrics, step)
             report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"step": step} | extent)
 
-        if int(context.get("workers", 1)) > 1:   # a Ray Train run of N workers; rank 0 logs into this run
-            from ..train.checkpoint import load_checkpoint, load_model_state
-            from .data_parallel_trial import run_retrain_workers
+        if workers > 1:   # a Ray Train run of N workers (rank 0 logs into this run), then scoring in a
+            # Ray task holding one worker's resources: this trial process holds none (stages.py)
+            from .data_parallel_trial import run_retrain_workers, run_with_worker_resources
+            from .scoring import score_candidate_task
             from .sweep import validate_sweep_dict
             sweep = validate_sweep_dict(context["sweep"], source=context.get("sweep_source", "sweep"))
             result = run_retrain_workers(sweep, context, candidate, seed, train_config, run_id, extent)
-            if train_config.restore_best and result.checkpoints.get("best"):   # what Trainer does at its end
-                load_model_state(model, load_checkpoint(result.checkpoints["best"])["model"],
-                                 result.checkpoints["best"])
-            model.eval()
+            checkpoint, validation, evaluation = run_with_worker_resources(
+                sweep.resources, score_candidate_task, context, candidate, result)
         else:
             trainer = Trainer(model, data.train, data.valid, train_config,
                               spm_model=data.tokenizer.model_proto, model_spec=spec, on_report=on_report,
                               on_step=on_step)
             result = trainer.train()
-        # average_last > 1: the average of the last k checkpoints is what is scored and registered
-        checkpoint = load_evaluated_weights(model, result)
-        # one decoder setting for both sets: validation decides, test only reports
-        eval_config = EvalConfig(decode=DecodeConfig(beam_size=retrain["beam"],
-                                                     length_penalty=retrain["length_penalty"]))
-        validation = evaluate_model(model, data.tokenizer, data.valid_pairs, eval_config)
-        evaluation = evaluate_model(model, data.tokenizer, data.test_pairs, eval_config)
+            # average_last > 1: the average of the last k checkpoints is what is scored and registered
+            checkpoint = load_evaluated_weights(model, result)
+            # one decoder setting for both sets: validation decides, test only reports
+            validation, evaluation = score_retrained(model, data, retrain, device)
         final = {"valid_bleu": validation.bleu, "valid_chrf": validation.chrf,
                  "test_bleu": evaluation.bleu, "test_chrf": evaluation.chrf, "params": params,
                  "train_seconds": result.elapsed_s, "train_steps": result.steps,
