@@ -1,5 +1,6 @@
 """Translation throughput: cached (incremental) vs uncached decoding, beam 4 and greedy, for a derived
-model and a Transformer of equal parameter count (within 3%, its width sized to match).
+model and a Transformer of equal parameter count (within 3%, sized by stage 2's rule,
+``search.sizing.size_transformer``).
 
 Input: the first ``--lines`` (500) source lines of newstest2014 en->de from the shared data folder; the
 run is skipped cleanly (exit 0, JSON with ``"skipped"``) when it is absent. ``--synthetic N`` uses N
@@ -27,14 +28,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from revsearch.errors import ConfigError  # noqa: E402
 from revsearch.models.split_seq2seq import SplitSeq2SeqConfig  # noqa: E402
-from revsearch.models.transformer import StandardTransformer, TransformerConfig, count_parameters  # noqa: E402
+from revsearch.models.transformer import StandardTransformer, count_parameters  # noqa: E402
 from revsearch.search.derive import build_derived_model  # noqa: E402
 from revsearch.search.genotype import Genotype  # noqa: E402
 from revsearch.train.decoding import DecodeConfig, translate_ids  # noqa: E402
 
 NEWSTEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                         "wmt14_newstest2014", "en-de")
+TOLERANCE = 0.03   # the Transformer's count within 3% of the derived model's (retrain.size's default)
 #: a plausible searched cell: attention and (dynamic) convolutions in both stacks
 GENOTYPE = {"schema_version": 1, "splits": 2, "pooling": "max",
             "encoder": {"candidates": ["self_attn", "conv7", "ffn"],
@@ -71,26 +74,21 @@ def train_spm(files, args, tmp):
 
 
 def build_models(vocab: int, args):
+    """The derived model at ``--hidden`` and the Transformer sized to its parameter count by stage 2's own
+    rule (``search.sizing.size_transformer``: a width that is a multiple of its heads with FFN 4x, else the
+    FFN width solved for; the heads are ``baseline_heads`` of the reference width, as stage 2 gives the
+    baseline), so the benchmark compares the models a run would compare."""
+    from revsearch.search.sizing import baseline_heads, size_transformer, transformer_config
     torch.manual_seed(0)
     derived = build_derived_model(Genotype.from_dict(GENOTYPE, "benchmark genotype"), SplitSeq2SeqConfig(
         vocab, hidden=args.hidden, splits=2, embed_dim=args.embed_dim, encoder_layers=args.layers,
         decoder_layers=args.layers, heads=args.heads, dropout=0.1, max_len=1024)).eval()
-    target = count_parameters(derived)
-
-    def size(hidden, ffn):
-        config = TransformerConfig(vocab, embed_dim=args.embed_dim, hidden=hidden, encoder_layers=args.layers,
-                                   decoder_layers=args.layers, heads=args.heads, ffn_dim=ffn)
-        return count_parameters(StandardTransformer(config)), config
-
-    # the width (multiple of heads, FFN 4x) with the closest count, then the FFN width fine-tunes it:
-    # the count is linear in ffn_dim, so two sizes give the exact slope
-    hidden = min(range(args.heads, 4 * args.hidden + 1, args.heads),
-                 key=lambda h: abs(size(h, 4 * h)[0] - target))
-    n0, n1 = size(hidden, 4 * hidden)[0], size(hidden, 4 * hidden + 1)[0]
-    ffn = max(hidden, 4 * hidden + round((target - n0) / max(n1 - n0, 1)))
-    best = size(hidden, ffn)
+    reference = {"hidden": args.hidden, "embed_dim": args.embed_dim, "heads": baseline_heads(args.hidden),
+                 "encoder_layers": args.layers, "decoder_layers": args.layers, "dropout": 0.1}
+    sized = size_transformer("transformer", reference, vocab, count_parameters(derived), TOLERANCE,
+                             what="bench_decoding.py")
     torch.manual_seed(0)
-    transformer = StandardTransformer(best[1]).eval()
+    transformer = StandardTransformer(transformer_config(sized.model, vocab)).eval()
     return {"derived": derived, "transformer": transformer}
 
 
@@ -166,12 +164,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_spm(spm_files, args, tmp)
     sources = [tokenizer.encode_src(line) for line in lines]
-    models = build_models(tokenizer.vocab_size, args)
+    try:
+        models = build_models(tokenizer.vocab_size, args)
+    except ConfigError as err:   # no Transformer width lands within 3% of the derived model: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     params = {name: count_parameters(m) for name, m in models.items()}
     n_tokens = sum(map(len, sources))
     print(f"{description}; {n_tokens} source tokens (mean {n_tokens / len(sources):.1f}); vocab "
           f"{tokenizer.vocab_size}; params derived {params['derived']:,}, transformer {params['transformer']:,} "
-          f"(hidden {models['transformer'].config.hidden}, ffn {models['transformer'].config.ffn_dim}); "
+          f"(hidden {models['transformer'].config.hidden}, ffn {models['transformer'].config.ffn_dim}, "
+          f"heads {models['transformer'].config.heads}); "
           f"{args.threads} thread(s)", flush=True)
 
     records = []
@@ -213,6 +216,7 @@ def main(argv=None) -> int:
             json.dump({"data": description, "threads": args.threads, "params": params,
                        "transformer_hidden": models["transformer"].config.hidden,
                        "transformer_ffn_dim": models["transformer"].config.ffn_dim,
+                       "transformer_heads": models["transformer"].config.heads,
                        "max_len_ratio": args.max_len_ratio, "max_len_extra": args.max_len_extra,
                        "speedup": speedup, "records": records}, f, indent=2)
     return 0

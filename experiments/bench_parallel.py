@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import os
-import random
 import tempfile
 import time
 
@@ -30,29 +29,17 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from revsearch.special_tokens import BOS_ID, EOS_ID  # noqa: E402
-
 from revsearch.learning.data_parallel import DataParallel  # noqa: E402
 from revsearch.search import (BilevelSearch, SearchConfig, Supernet, SupernetConfig,  # noqa: E402
                               build_derived_model, uniform_genotype)
 from revsearch.search.loop import SearchData, SearchLoop  # noqa: E402
 from revsearch.train.trainer import TrainConfig, Trainer  # noqa: E402
+from toy_tasks import reversal_pairs  # noqa: E402  (experiments/ is the script's folder, on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOS, EOS = BOS_ID, EOS_ID   # the vocabulary ids every revsearch model uses
 DEFAULTS = dict(hidden=128, embed_dim=64, layers=2, vocab=500, max_tokens=1024, sentences=400, max_len=24,
                 warmup=2, steps=8)
 QUICK = dict(hidden=16, embed_dim=8, layers=1, vocab=24, max_tokens=64, sentences=40, max_len=7, warmup=1, steps=2)
-
-
-def pairs(n: int, seed: int, vocab: int, max_len: int):
-    """Reversal pairs (src ... eos, bos reversed+1 ... eos), lengths 3..max_len."""
-    r = random.Random(seed)
-    out = []
-    for _ in range(n):
-        tokens = [r.randint(4, vocab - 2) for _ in range(r.randint(3, max_len))]
-        out.append((tokens + [EOS], [BOS] + [t + 1 for t in reversed(tokens)] + [EOS]))
-    return out
 
 
 def supernet_config(s, dropout=0.1) -> SupernetConfig:
@@ -67,8 +54,8 @@ def search_run(s, parallel, steps, second_order=False, dtype=torch.float32, time
     search = BilevelSearch(net, SearchConfig(lr=1e-3, warmup_steps=4, clip_norm=1.0, second_order=second_order),
                            parallel=parallel)
     n = s["sentences"]
-    data = SearchData(pairs(n, 1, s["vocab"], s["max_len"]), pairs(n, 2, s["vocab"], s["max_len"]),
-                      pairs(8, 3, s["vocab"], s["max_len"]), max_tokens=s["max_tokens"], seed=1)
+    data = SearchData(reversal_pairs(n, 1, s["vocab"], s["max_len"]), reversal_pairs(n, 2, s["vocab"], s["max_len"]),
+                      reversal_pairs(8, 3, s["vocab"], s["max_len"]), max_tokens=s["max_tokens"], seed=1)
     loop = SearchLoop(search, data, valid_batches=1)
     tokens, seconds = 0, 0.0
     for step in range(steps):
@@ -99,7 +86,8 @@ def retrain_run(s, parallel, steps, dtype=torch.float32, timed_from=None):
     windows = []
     train_config = TrainConfig(lr=1e-3, warmup_steps=4, max_tokens=s["max_tokens"], max_steps=steps, valid_every=0,
                                log_every=1, quiet=True, restore_best=False, clip_norm=1.0, seed=3)
-    trainer = Trainer(model, pairs(s["sentences"], 4, s["vocab"], s["max_len"]), pairs(4, 5, s["vocab"], s["max_len"]),
+    trainer = Trainer(model, reversal_pairs(s["sentences"], 4, s["vocab"], s["max_len"]),
+                      reversal_pairs(4, 5, s["vocab"], s["max_len"]),
                       train_config, parallel=parallel, on_report=lambda step, m: windows.append((step, m)))
     trainer.train()
     rates = [m["tokens_per_s"] for step, m in windows if "tokens_per_s" in m and timed_from is not None
@@ -197,10 +185,10 @@ def main(argv=None):
         eff = r["tokens_per_s"] / (r["workers"] * r["threads"] * base1) if base1 else float("nan")
         print(f"{r['what']:<9} {r['workers']:>7} {r['threads']:>7} {r['tokens_per_s']:>10.0f} "
               f"{r['tokens_per_s'] / base2 if base2 else float('nan'):>7.2f}x {eff:>12.2f}")
-    print(f"\nequality (float64, dropout 0.1, 3 steps, 2 gloo workers vs 1 process):")
+    print("\nequality (float64, dropout 0.1, 3 steps, 2 gloo workers vs 1 process):")
     for r in equality:
         print(f"{r['what']:<20} max rel err {r['max_rel_err']:.2e}")
-    print(f"\nprecision (from bench_precision.py):")
+    print("\nprecision (from bench_precision.py):")
     for r in precision:
         print(f"{r['dtype']:<5} recon rel err {r['recon_err']:.3e}  step {r['step_seconds']:.3f} s")
     if args.json:

@@ -31,31 +31,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads d
 
 import torch  # noqa: E402
 
-from revsearch.special_tokens import BOS_ID, EOS_ID  # noqa: E402
-
 from revsearch.learning.precision import autocast, autocast_supported  # noqa: E402
 from revsearch.search import BilevelSearch, SearchConfig, Supernet, SupernetConfig  # noqa: E402
+from toy_tasks import reversal_batch  # noqa: E402  (experiments/ is the script's folder, on sys.path)
 
-BOS, EOS = BOS_ID, EOS_ID   # the vocabulary ids every revsearch model uses
 DEFAULTS = dict(hidden=256, splits=2, embed_dim=128, depth=12, layers=4, sentences=16, length=32, vocab=1000,
                 warmup=2, steps=5, curve_steps=50, curve_hidden=64, threads=1)
 QUICK = dict(hidden=32, splits=2, embed_dim=16, depth=12, layers=2, sentences=4, length=8, vocab=64,
              warmup=1, steps=2, curve_steps=4, curve_hidden=16, threads=1)
-
-
-def reversal_batch(sentences: int, length: int, vocab: int, seed: int):
-    """A learnable task with padding: the target is the source reversed; lengths vary per sentence."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.zeros(sentences, length, dtype=torch.long)
-    tgt_in = torch.zeros(sentences, length + 1, dtype=torch.long)
-    tgt_out = torch.zeros(sentences, length + 1, dtype=torch.long)
-    for i in range(sentences):
-        n = int(torch.randint(max(2, length // 2), length, (1,), generator=g))
-        tokens = torch.randint(4, vocab, (n,), generator=g)
-        src[i, :n], src[i, n] = tokens, EOS
-        tgt_in[i, 0], tgt_in[i, 1:n + 1] = BOS, tokens.flip(0)
-        tgt_out[i, :n], tgt_out[i, n] = tokens.flip(0), EOS
-    return src, tgt_in, tgt_out
 
 
 def supernet(a, hidden: int, encoder_layers: int, decoder_layers: int, seed: int = 0) -> Supernet:

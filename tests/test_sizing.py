@@ -117,7 +117,7 @@ def sweep_with(retrain, **space):
         "search": {"hidden": 64, "splits": 2, "embed_dim": 32, "heads": 4, "cell_layers": 2,
                    "encoder_layers": 2, "decoder_layers": 2, "steps": 10, "report_every": 5,
                    "checkpoint_every": 5},
-        "num_samples": 2, "retrain": dict({"top_k": 2}, **retrain)}, "sizing.yaml")
+        "num_samples": 2, "retrain": dict({"top_k": 2}, **retrain), "space": space}, "sizing.yaml")
 
 
 def chosen(*genotypes):
@@ -142,6 +142,46 @@ def test_retrain_candidates_are_sized_to_the_baseline_and_build_exactly():
         assert count_parameters(model) == c["params"], c["label"]
     assert candidates[0]["model"]["hidden"] == 64 and candidates[0]["params"] == target
     assert candidates[2]["model"]["splits"] == 3 and candidates[2]["model"]["hidden"] % 3 == 0
+
+
+def test_all_candidates_train_on_the_best_trials_data_when_the_space_samples_it():
+    """A space sampling ``max_len``, ``vocab_size`` and the SentencePiece type: derived-2, the randoms and
+    the baseline all take the best trial's data setting (else they would be trained and scored on other
+    tokens and another length filter), derived-2 keeps its own in ``search_data``, and every model is sized
+    with that one vocabulary as SentencePiece really gives it."""
+    from revsearch.orchestration.candidates import DATA_KEYS, build_retrain_model, retrain_candidates
+    sweep = sweep_with({"random_genotypes": 2},
+                       splits={"type": "choice", "values": [2, 3]},
+                       hidden={"type": "derived", "expr": "splits * 32"},
+                       max_len={"type": "choice", "values": [24, 40]},
+                       vocab_size={"type": "choice", "values": [150, 300]},
+                       spm_model_type={"type": "choice", "values": ["unigram", "bpe"]})
+    best = {"max_len": 24, "vocab_size": 150, "spm_model_type": "bpe"}
+    second = {"max_len": 40, "vocab_size": 300, "spm_model_type": "unigram"}
+    picks = chosen(uniform_genotype(2, "conv3", "conv3", layers=2), identity_heavy(3))
+    picks[0]["config"].update(best)
+    picks[1]["config"].update(second)
+    asked = []
+
+    def vocab_size_of(requested, model_type):   # SentencePiece may give fewer pieces than asked
+        asked.append((requested, model_type))
+        return requested - 7
+    candidates = retrain_candidates(sweep, picks, vocab_size_of=vocab_size_of)
+    json.dumps(candidates)   # saved in run_state.json and passed to Tune
+    assert [c["kind"] for c in candidates] == ["baseline", "derived", "derived", "random", "random"]
+    assert all({k: c[k] for k in DATA_KEYS} == best for c in candidates), [c["label"] for c in candidates]
+    derived = [c for c in candidates if c["kind"] == "derived"]
+    assert [c["search_data"] for c in derived] == [best, second]   # each trial's own, for the record
+    assert set(asked) == {(150, "bpe")}
+    vocab = 150 - 7
+    baseline = candidates[0]
+    target = transformer_param_count(dict(BASELINE, ffn_dim=256), vocab)
+    assert baseline["params"] == target and baseline["model"]["hidden"] == 64
+    for c in candidates:
+        assert c["target_params"] == target and abs(c["param_deviation"]) <= 0.03, c["label"]
+        model, _ = build_retrain_model(c, vocab)
+        assert count_parameters(model) == c["params"], c["label"]
+    assert derived[1]["model"]["splits"] == 3 and derived[1]["model"]["hidden"] % 3 == 0
 
 
 def test_match_width_keeps_todays_widths_and_an_explicit_budget_moves_all():

@@ -12,6 +12,9 @@ from ..search import Genotype, build_derived_model
 from ..search.derive import derived_spec
 from ..search.sizing import derived_model_config, transformer_config
 
+# the data settings a search space may sample that change what a model is trained and scored on
+DATA_KEYS = ("vocab_size", "spm_model_type", "max_len")
+
 
 def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = False,
                        vocab_size_of: Optional[Callable[[int, str], int]] = None) -> List[Dict[str, Any]]:
@@ -21,7 +24,12 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
     count (search/sizing.py); each candidate carries ``params`` (its exact count), ``target_params`` and
     ``param_deviation``. ``partial``: the configs are hand-made (``revsearch retrain``), not Tune trial
     configs. ``vocab_size_of(requested, spm_model_type)``: the vocabulary SentencePiece really gives
-    (it may give fewer pieces than asked), so the counts are those of the trained models."""
+    (it may give fewer pieces than asked), so the counts are those of the trained models.
+
+    Every candidate trains and is scored on one data setting (``vocab_size``, ``spm_model_type``,
+    ``max_len``): the first (best-ranked) derived candidate's. A space that samples them would otherwise
+    compare models trained on differently tokenised or length-filtered data. Each derived candidate keeps
+    its own search trial's values in ``search_data``, for the record."""
     from ..search import Genotype
     from ..search.sampling import sample_genotypes
     from ..search.sizing import (FFN_RATIO, baseline_heads, derived_param_count, size_derived,
@@ -46,13 +54,15 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
                     "genotype": c["genotype"], "genotype_key": c["genotype_key"],
                     "search_trial_id": c["trial_id"], "search_run_id": c["search_run_id"],
                     "search_seconds": c["search_seconds"], "model": model,
-                    "vocab_size": settings.data["vocab_size"], "spm_model_type": settings.data["spm_model_type"],
-                    "max_len": settings.data["max_len"]})
+                    "search_data": {k: settings.data[k] for k in DATA_KEYS}})
     if not out:
         return out
     first = out[0]
     m = first["model"]
-    data_keys = {k: first[k] for k in ("vocab_size", "spm_model_type", "max_len")}
+    # one data setting for the whole comparison: the best-ranked trial's vocabulary and length filter
+    data_keys = dict(first["search_data"])
+    for c in out:
+        c.update(data_keys)
     template = Genotype.from_dict(json.loads(first["genotype"]), source=first["label"])
     randoms = sample_genotypes(template, r.random_genotypes, sweep.seed, allow_zero=allow_zero,
                                avoid=[c["genotype_key"] for c in out],
@@ -70,13 +80,12 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
                        "search_seconds": 0.0, "model": baseline, **data_keys})
 
     vocab = vocab_size_of or (lambda requested, model_type: requested)
+    v = vocab(data_keys["vocab_size"], data_keys["spm_model_type"])   # the one vocabulary all are counted with
     size = r.size
     target = None
     if size["match"] == "params":
-        target = size["params"] or transformer_param_count(baseline, vocab(first["vocab_size"],
-                                                                           first["spm_model_type"]))
+        target = size["params"] or transformer_param_count(baseline, v)
     for c in out:
-        v = vocab(c["vocab_size"], c["spm_model_type"])
         genotype = None if c["kind"] == "baseline" else Genotype.from_dict(json.loads(c["genotype"]),
                                                                            source=c["label"])
         if target is None:   # match: width, the models keep the reference width
