@@ -14,8 +14,8 @@ import torch
 
 from revsearch.cli import main as cli_main
 from revsearch.errors import ConfigError, RevsearchError
-from revsearch.orchestration.tracking import (Tracker, check_tracking_uri, flatten_params, is_secret_key,
-                                              mask_secrets, redact)
+from revsearch.orchestration.tracking import (Tracker, flatten_params, is_secret_key, mask_secrets,
+                                              probe_tracking_uri, redact)
 from revsearch.search.genotype import Genotype, uniform_genotype
 from revsearch.train.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 
@@ -94,7 +94,7 @@ def test_cli_refuses_a_pickle_payload(command, payload_checkpoint, tmp_path, cap
 def test_search_state_checkpoint_refuses_a_pickle_payload(tmp_path):
     """What the search trainable does on restore: ``torch.load(<ckpt>/search_state.pt, weights_only=True)``
     (that the trainable passes weights_only=True is checked for every torch.load below)."""
-    from revsearch.orchestration.trainables import STATE_FILE
+    from revsearch.orchestration.search_trial import STATE_FILE
     marker = tmp_path / "PWNED"
     path = tmp_path / STATE_FILE
     torch.save({"model": {"w": torch.zeros(1)}, "step": 3, "rng": torch.get_rng_state(),
@@ -230,7 +230,7 @@ def test_tracker_masks_json_artifacts_tags_and_errors(tmp_path):
     assert json.loads(config_text)["tracking"] == {"uri": "postgresql://***@h/db", "api_token": "***"}
     # an unreachable server with credentials in its URI: the error line masks them
     with pytest.raises(ConfigError) as err:
-        check_tracking_uri(f"http://user:{SECRET}@127.0.0.1:9")
+        probe_tracking_uri(f"http://user:{SECRET}@127.0.0.1:9")
     assert SECRET not in str(err.value) and "http://***@127.0.0.1:9" in str(err.value)
     assert redact({"a": [{"password": "x", "ok": 1}]}) == {"a": [{"password": "***", "ok": 1}]}
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Any, Dict
 
@@ -97,7 +96,7 @@ def search_worker(train_config: Dict[str, Any]) -> None:
     from ..learning.data_parallel import DataParallel
     from .space import resolve_trial
     from .sweep import validate_sweep_dict
-    from .search_trial import build_search_loop, search_result
+    from .search_trial import build_search_loop, report_search
     from .tracking import Tracker
 
     context, run_id = train_config["context"], train_config["run_id"]
@@ -120,16 +119,10 @@ def search_worker(train_config: Dict[str, Any]) -> None:
     start = time.perf_counter()
 
     def on_report(step: int, metrics: Dict[str, float], loop) -> None:
-        metrics, result = search_result(loop, metrics, derived_config, start, run_id, settings.steps)
-        if tracker is not None:
-            tracker.log_metrics(run_id, metrics, step)
-        with tempfile.TemporaryDirectory() as directory:
-            keep = step % settings.checkpoint_every == 0 or step == settings.steps
-            if keep and parallel.is_writer:
-                torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
-                ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(directory))
-            else:
-                ray.train.report(result)
+        # Train V2 wants every worker's report; only rank 0 logs and attaches the checkpoint
+        report_search(step, metrics, loop, settings, derived_config, start, run_id,
+                      tracker.log_metrics if tracker is not None else None, ray.train.report,
+                      ray.train.Checkpoint, attach_checkpoint=parallel.is_writer)
 
     if loop.step < settings.steps:
         loop.run(settings.steps, settings.report_every, on_report)

@@ -3,9 +3,10 @@ workers of a data-parallel trial (data_parallel_trial.py): the loop, the report,
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -85,3 +86,22 @@ def search_result(loop: SearchLoop, metrics: Dict[str, float], derived_config, s
                    trial_wall_seconds=time.perf_counter() - start)
     return metrics, dict(metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
                          mlflow_run_id=run_id, total_steps=total_steps)   # total: the live view's ETA
+
+
+def report_search(step: int, metrics: Dict[str, float], loop: SearchLoop, settings, derived_config,
+                  start: float, run_id: str, log_metrics: Optional[Callable], report: Callable,
+                  checkpoint_class, attach_checkpoint: bool = True) -> None:
+    """One search report of a trial: log the metrics to its MLflow run (``log_metrics``; None on the
+    workers that do not log) and report the result (``tune.report`` in a one-process trial,
+    ``ray.train.report`` on a data-parallel worker) with the loop's state attached as a checkpoint every
+    ``checkpoint_every`` steps and at the end (``attach_checkpoint``: only rank 0 of a Train run writes)."""
+    metrics, result = search_result(loop, metrics, derived_config, start, run_id, settings.steps)
+    if log_metrics is not None:
+        log_metrics(run_id, metrics, step)
+    keep = step % settings.checkpoint_every == 0 or step == settings.steps
+    if not (keep and attach_checkpoint):
+        report(result)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
+        report(result, checkpoint=checkpoint_class.from_directory(directory))

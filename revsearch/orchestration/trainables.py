@@ -22,9 +22,8 @@ from ..search.loop import SearchLoop
 from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cell
 from .candidates import build_retrain_model
 from .data_prep import PreparedData, encoded_data
-# re-exported: callers import these from here
-from .search_trial import (STATE_FILE, build_search_loop, derived_param_count, device_tags,  # noqa: F401
-                           placement_tags, search_result, trial_device)
+from .search_trial import (STATE_FILE, build_search_loop, device_tags, placement_tags, report_search,
+                           trial_device)
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
 
 
@@ -92,14 +91,8 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
             start = time.perf_counter()
 
             def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
-                metrics, result = search_result(loop, metrics, derived_config, start, run_id, settings.steps)
-                tracker.log_metrics(run_id, metrics, step)
-                if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    with tempfile.TemporaryDirectory() as directory:
-                        torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
-                        tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-                else:
-                    tune.report(result)
+                report_search(step, metrics, loop, settings, derived_config, start, run_id,
+                              tracker.log_metrics, tune.report, tune.Checkpoint)
 
             if loop.step < settings.steps:
                 loop.run(settings.steps, settings.report_every, on_report)
