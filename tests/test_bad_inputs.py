@@ -914,7 +914,7 @@ def test_tracking_probe_gives_up_on_a_silent_server(monkeypatch):
     import socket
     import threading
     from revsearch.errors import ConfigError
-    from revsearch.orchestration.tracking import check_tracking_uri
+    from revsearch.orchestration.tracking import probe_tracking_uri
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -922,7 +922,7 @@ def test_tracking_probe_gives_up_on_a_silent_server(monkeypatch):
     monkeypatch.setenv("REVSEARCH_TRACKING_CONNECT_TIMEOUT", "0.5")
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"no answer within 0.5s"):
-        check_tracking_uri(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        probe_tracking_uri(f"http://127.0.0.1:{silent.getsockname()[1]}")
     assert time.perf_counter() - start < 5
     silent.close()
 
@@ -935,7 +935,7 @@ def test_tracking_probe_gives_up_on_a_silent_server(monkeypatch):
 
     server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.handle_request, daemon=True).start()
-    check_tracking_uri(f"http://user:pw@127.0.0.1:{server.server_address[1]}/prefix")   # no exception
+    probe_tracking_uri(f"http://user:pw@127.0.0.1:{server.server_address[1]}/prefix")   # no exception
     server.server_close()
 
 

@@ -13,21 +13,9 @@ import pytest
 from revsearch.errors import ConfigError, DataError, RevsearchError
 from revsearch.orchestration.sweep import (MAX_CHOICE_VALUES, MAX_YAML_NODES, parse_yaml_text, quoted_value,
                                            validate_sweep_dict)
+from tests.test_bad_inputs import BASE, GENOTYPE   # the same valid sweep and genotype the CLI cases break
 
-BASE = {
-    "name": "bounds",
-    "data": {"kind": "synthetic", "synthetic": {"train": 40, "valid": 8, "test": 8}, "vocab_size": 100,
-             "max_tokens": 256, "max_len": 32},
-    "search": {"steps": 2, "report_every": 1, "checkpoint_every": 1, "hidden": 16, "splits": 2,
-               "embed_dim": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "op_set": "tiny"},
-    "op_sets": {"tiny": {"encoder": ["conv3", "self_attn"], "decoder": ["conv3", "cross_attn"]}},
-    "num_samples": 1, "max_concurrent": 1,
-    "retrain": {"top_k": 1, "steps": 2, "validate_every": 1},
-}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENOTYPE = {"schema_version": 1, "splits": 2, "pooling": "max",
-            "encoder": {"candidates": ["conv3", "self_attn"], "cell": [["conv3", "self_attn"]]},
-            "decoder": {"candidates": ["conv3", "cross_attn"], "cell": [["conv3", "cross_attn"]]}}
 
 
 @pytest.fixture
@@ -182,6 +170,22 @@ def test_creatable_problem_creates_nothing(tmp_path):
     os.symlink(loop, loop)
     assert "symbolic link loop" in creatable_problem(str(loop))
     assert sorted(os.listdir(tmp_path)) == sorted(before + ["afile", "loop"])
+
+
+def test_ensure_output_dir_creates_only_what_creatable_problem_allows(tmp_path):
+    from revsearch.commands.output_dir import ensure_output_dir
+    nested = str(tmp_path / "a" / "b")
+    assert ensure_output_dir(nested) == nested and os.path.isdir(nested)
+    assert ensure_output_dir(nested) == nested                     # an existing directory is fine
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError) as err:
+        ensure_output_dir(str(afile))
+    assert str(err.value) == f"--out: {afile} is a file, expected a directory"
+    with pytest.raises(ConfigError) as err:
+        ensure_output_dir(str(afile / "sub"), "--dir")
+    assert str(err.value) == f"--dir: cannot write the directory {afile / 'sub'} (Not a directory)"
+    assert sorted(os.listdir(tmp_path)) == ["a", "afile"]
 
 
 def test_sqlite_tracking_store_is_checked_without_creating_it(tmp_path):

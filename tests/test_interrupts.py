@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,12 +22,10 @@ import yaml
 
 from revsearch.errors import Interrupted
 from revsearch import interrupts
+from tests.test_bad_inputs import GENOTYPE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = os.path.join(REPO, "tune_configs", "micro.yaml")
-GENOTYPE = {"schema_version": 1, "splits": 2, "pooling": "max",
-            "encoder": {"candidates": ["conv3", "self_attn"], "cell": [["conv3", "self_attn"]]},
-            "decoder": {"candidates": ["conv3", "cross_attn"], "cell": [["conv3", "cross_attn"]]}}
 
 
 # ------------------------------------------------------------------------------ quick: the handlers
@@ -152,12 +151,18 @@ def test_ctrl_c_mid_search_exits_130_and_resume_finishes_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_right_after_ray_starts_exits_130_without_a_crash(tmp_path):
+    """Ctrl-C while the local Ray has just started and no trial exists yet. The signal is sent once the
+    ``MLflow: ... run <id>`` line is out, the first point a test can observe that is certain to follow the
+    sweep's parent run (``started a local Ray instance`` comes just before the run is created, so a signal
+    sent on that line could land either side of it). From there the state is exact: the parent run alone,
+    KILLED, and a run directory that ``--resume`` continues."""
     name = "int-early"
     config = write_sweep(tmp_path, name, steps=60, num_samples=2, max_concurrent=2)
     storage = tmp_path / "storage"
     cli = Cli(config, storage)
+    started = re.compile(rf"^MLflow: .* \(experiment '{name}', run ([0-9a-f]{{32}})\)$", re.M)
     try:
-        cli.wait_for("Ray to start", lambda: "started a local ray instance" in cli.tail(10 ** 6).lower())
+        found = cli.wait_for("the sweep's MLflow run", lambda: started.search(cli.tail(10 ** 6)))
         os.killpg(cli.proc.pid, signal.SIGINT)
         rc = cli.wait(timeout=300)
     finally:
@@ -165,10 +170,15 @@ def test_ctrl_c_right_after_ray_starts_exits_130_without_a_crash(tmp_path):
     text, line = cli.tail(10 ** 6), last_line(cli)
     print(f"\nCtrl-C right after Ray started: exit {rc}; {line}")
     assert rc == 130, text                     # not -11 (SIGSEGV at exit)
-    assert line.startswith("revsearch: interrupted by SIGINT"), line
-    assert "Traceback" not in text and "internal error" not in text
-    assert "RUNNING" not in statuses(storage, name)
-    assert set(statuses(storage, name)) <= {"KILLED"}, statuses(storage, name)
+    assert "started a local Ray instance" in text and "Traceback" not in text and "internal error" not in text
+    run_dir = the_run_dir(storage)
+    # "stage 1 stopped, " comes before "the run is saved" when the signal reaches Tune's loop itself
+    assert line.startswith("revsearch: interrupted by SIGINT; ") and line.endswith(
+        f"the run is saved in {run_dir}; continue it with: revsearch run {config} --storage {storage} --resume"), line
+    _, runs = mlflow_runs(storage, name)
+    assert [(r.info.run_id, r.data.tags.get("revsearch.kind"), r.info.status) for r in runs] == \
+        [(found.group(1), "sweep", "KILLED")]
+    assert run_stage(run_dir) == "search"
     assert not ray_leftovers(cli)
 
 

@@ -222,6 +222,20 @@ def test_load_registered_without_a_tracking_uri_is_one_line(monkeypatch):
         load_registered("models:/tiny-derived@best")
 
 
+def test_no_artifact_progress_bar_is_scoped_and_leaves_a_users_setting_alone(monkeypatch):
+    from revsearch.orchestration.tracking import no_artifact_progress_bar
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(KeyError), no_artifact_progress_bar():
+        assert os.environ[variable] == "false"
+        raise KeyError("a failed download")
+    assert variable not in os.environ
+    monkeypatch.setenv(variable, "true")
+    with no_artifact_progress_bar():
+        assert os.environ[variable] == "true"
+    assert os.environ[variable] == "true"
+
+
 @pytest.mark.slow
 def test_register_and_load_through_an_mlflow_server(store, tmp_path):
     """The cluster set-up: a real ``mlflow server`` with proxied artifacts (``mlflow-artifacts:``); the

@@ -37,8 +37,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def tracking_override(uri: str) -> str:
     """``--tracking-uri`` checked by the same rules as ``tracking.uri`` in a sweep file (a relative
     ``sqlite:///`` path resolves against the working directory)."""
-    from ..orchestration.sweep import check_tracking_uri
-    return check_tracking_uri(uri, "--tracking-uri")
+    from ..orchestration.sweep import resolve_tracking_uri_option
+    return resolve_tracking_uri_option(uri, "--tracking-uri")
 
 
 def load(args):

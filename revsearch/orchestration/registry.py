@@ -31,7 +31,7 @@ import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ConfigError, RevsearchError
-from .tracking import check_existing_store, mask_secrets
+from .tracking import check_existing_store, mask_secrets, no_artifact_progress_bar
 
 FORMAT = "revsearch-registered-model"
 VERSION = 1
@@ -234,27 +234,21 @@ def load_registered(uri: str, tracking_uri: Optional[str] = None, dst_path: Opti
     version = resolve_version(client, uri, tracking_uri)
     directory = dst_path or tempfile.mkdtemp(prefix="revsearch-registered-")
     os.makedirs(directory, exist_ok=True)
-    progress_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"   # four small files: no bar on stderr
     try:
         import mlflow.artifacts
         # the version's concrete artifact location (file:, mlflow-artifacts:, s3:, ...): a models:/ URI
         # here would be resolved against MLflow's *global* registry URI (a ./mlflow.db by default)
         location = client.get_model_version_download_uri(version.name, version.version)
         staging = tempfile.mkdtemp(prefix=".download-", dir=directory)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=staging,
-                                                    tracking_uri=tracking_uri)
+        with no_artifact_progress_bar():   # four small files: no bar on stderr
+            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=staging,
+                                                        tracking_uri=tracking_uri)
         for name in os.listdir(local):     # the files straight into ``directory``, not .../artifacts/
             shutil.move(os.path.join(local, name), os.path.join(directory, name))
         shutil.rmtree(staging)
     except Exception as err:  # noqa: BLE001 - missing or unreadable artifacts are one line
         raise RegistryError(f"{uri}: cannot download version {version.version}'s files: "
                             f"{type(err).__name__}: {_first_line(err)}") from None
-    finally:
-        if progress_bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress_bar
     try:
         return load_model_dir(directory, f"{uri} (version {version.version})", device)
     except RegistryError:

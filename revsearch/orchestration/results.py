@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from .data_prep import PreparedData
 from .ranking import RankRow, SeedResult, aggregate, summary
-from .tracking import Tracker
+from .tracking import Tracker, no_artifact_progress_bar
 
 
 def describe_candidates(candidates) -> Dict[str, Dict[str, Any]]:
@@ -52,10 +52,10 @@ def artifact_lines(tracker: Tracker, run_id: str, name: str) -> Optional[List[st
     """The lines of a text artifact of a run (through the tracking server on a cluster); None when the
     run has no such file (an older run: only the significance test is dropped)."""
     import tempfile
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file otherwise
     with tempfile.TemporaryDirectory() as directory:
         try:
-            path = tracker.client.download_artifacts(run_id, name, directory)
+            with no_artifact_progress_bar():   # one bar per file otherwise
+                path = tracker.client.download_artifacts(run_id, name, directory)
         except Exception:  # noqa: BLE001 - a missing file only drops the significance test
             return None
         with open(path, encoding="utf-8") as f:

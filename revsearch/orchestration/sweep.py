@@ -30,7 +30,7 @@ from .sweep_yaml import MAX_SWEEP_BYTES, MAX_YAML_NODES, SweepYamlLoader, parse_
 
 __all__ = ["SweepConfig", "DataSection", "SearchSection", "ProxyRetrainSection", "SpaceParam", "ObjectiveSection",
            "SchedulerSection", "ResourcesSection", "RetrainSection", "SizeSection", "TrackingSection",
-           "load_sweep", "validate_sweep_dict", "check_tracking_uri", "parse_yaml_text", "quoted_value",
+           "load_sweep", "validate_sweep_dict", "resolve_tracking_uri_option", "parse_yaml_text", "quoted_value",
            "SweepYamlLoader", "TOP_KEYS", "SEARCH_KEYS", "SEARCH_SPACE_KEYS", "SEARCH_PAIR_KEYS",
            "DATA_SPACE_KEYS", "DATA_KINDS", "FULL_OP_SET", "SEARCH_METRICS", "PROXY_METRICS", "SPACE_TYPES",
            "MAX_NUM_SAMPLES", "MAX_CHOICE_VALUES", "MAX_SWEEP_BYTES", "MAX_YAML_NODES", "PROXY_DEFAULTS",
@@ -67,9 +67,10 @@ def validate_sweep_dict(data: Any, source: str, base_dir: Optional[str] = None) 
                           f"{one_line(e, 120)})") from None
 
 
-def check_tracking_uri(uri: Any, label: str = "--tracking-uri") -> Optional[str]:
-    """A tracking URI given outside a sweep file (``--tracking-uri``), checked by the rules of
-    ``tracking.uri``; a relative ``sqlite:///`` path resolves against the working directory."""
+def resolve_tracking_uri_option(uri: Any, label: str = "--tracking-uri") -> Optional[str]:
+    """A tracking URI given outside a sweep file (``--tracking-uri``): its form checked by the rules of
+    ``tracking.uri`` and a relative ``sqlite:///`` path resolved against the working directory. Nothing is
+    contacted; whether the store is usable is ``tracking.probe_tracking_uri`` / ``check_tracking_store``."""
     try:
         return resolve_tracking_uri(uri, os.getcwd())
     except ValueError as e:

@@ -8,6 +8,7 @@ a second one. Parameters, tags and JSON artifacts never contain secrets: secret-
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 from ..errors import ConfigError
 
@@ -85,11 +86,31 @@ def flatten_params(data: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
     return flat
 
 
-def check_tracking_uri(tracking_uri: str) -> None:
-    """Fast checks of a tracking URI, each failure one ``ConfigError`` line: not a URI, a file
-    store (MLflow 3.17 refuses them unless ``MLFLOW_ALLOW_FILE_STORE=true``), or an http(s) server that
-    gives no HTTP answer within ``REVSEARCH_TRACKING_CONNECT_TIMEOUT`` seconds (default 5; MLflow itself
-    retries for minutes)."""
+_PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def no_artifact_progress_bar() -> Iterator[None]:
+    """Artifact downloads inside the block draw no MLflow progress bar on stderr (MLflow draws one per
+    download by default, which would break the CLI's one-line messages). A value the user set for
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is left as it is; otherwise the variable is unset again after
+    the block. The one place revsearch touches it."""
+    if _PROGRESS_BAR_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[_PROGRESS_BAR_VARIABLE] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PROGRESS_BAR_VARIABLE, None)
+
+
+def probe_tracking_uri(tracking_uri: str) -> None:
+    """Can MLflow use this (already resolved) tracking URI? Fast checks, each failure one ``ConfigError``
+    line: not a URI, a file store (MLflow 3.17 refuses them unless ``MLFLOW_ALLOW_FILE_STORE=true``), or an
+    http(s) server that gives no HTTP answer within ``REVSEARCH_TRACKING_CONNECT_TIMEOUT`` seconds
+    (default 5; MLflow itself retries for minutes). The form of a user-given URI is checked, and resolved,
+    earlier by ``sweep.resolve_tracking_uri_option`` / the sweep file's ``tracking.uri``."""
     shown = mask_secrets(tracking_uri)
     if not isinstance(tracking_uri, str) or not tracking_uri.strip():
         raise ConfigError(f"tracking.uri: empty MLflow tracking URI {shown!r}")
@@ -177,10 +198,10 @@ def _check_sqlite(tracking_uri: str) -> None:
 
 
 def check_tracking_store(tracking_uri: str, experiment: str) -> None:
-    """Everything ``Tracker`` needs, checked without creating anything: the URI (``check_tracking_uri``),
+    """Everything ``Tracker`` needs, checked without creating anything: the URI (``probe_tracking_uri``),
     an SQLite file that exists as a database or can be created, and for a server or another database a
     read of the experiment (the store is reachable and its driver installed). One ``ConfigError`` line."""
-    check_tracking_uri(tracking_uri)
+    probe_tracking_uri(tracking_uri)
     if tracking_uri.startswith("sqlite:"):
         _check_sqlite(tracking_uri)
         return
@@ -196,7 +217,7 @@ def check_tracking_store(tracking_uri: str, experiment: str) -> None:
 def check_existing_store(tracking_uri: str) -> None:
     """For commands that only read (``report``, ``translate --model``): the URI's checks, and an SQLite
     database that already exists (reading must not create an empty one). One ``ConfigError`` line."""
-    check_tracking_uri(tracking_uri)
+    probe_tracking_uri(tracking_uri)
     _check_sqlite(tracking_uri)
     path = sqlite_path(tracking_uri)
     if path is not None and not os.path.exists(path):
@@ -214,7 +235,7 @@ class Tracker:
                  create: bool = True):
         """``create=False``: only read (``revsearch report``): a missing SQLite database or experiment is a
         ``ConfigError`` instead of being created."""
-        check_tracking_uri(tracking_uri)
+        probe_tracking_uri(tracking_uri)
         if not create:
             _check_sqlite(tracking_uri)
             path = sqlite_path(tracking_uri)
