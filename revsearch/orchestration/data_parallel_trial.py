@@ -23,7 +23,7 @@ from typing import Any, Dict
 
 import torch
 
-from .search_trial import STATE_FILE
+from .search_trial import STATE_FILE, read_search_outcome
 
 
 def scaling(sweep):
@@ -69,8 +69,9 @@ def tag_workers(tracker, run_id: str, parallel, device=None) -> None:
 
 
 def run_search_workers(sweep, config: Dict[str, Any], context: Dict[str, Any], run_id: str,
-                       trial_id: str) -> Dict:
-    """Run the trial's search on ``sweep.resources.workers`` workers; returns the final search state."""
+                       trial_id: str):
+    """Run the trial's search on ``sweep.resources.workers`` workers; returns its (genotype, α trajectory),
+    read from the last checkpoint, so the trial process never builds the supernet."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -87,7 +88,7 @@ def run_search_workers(sweep, config: Dict[str, Any], context: Dict[str, Any], r
             callbacks=[TuneReportCallback()]))
     result = trainer.fit()
     with result.checkpoint.as_directory() as directory:
-        return torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+        return read_search_outcome(directory)
 
 
 def search_worker(train_config: Dict[str, Any]) -> None:
@@ -116,6 +117,8 @@ def search_worker(train_config: Dict[str, Any]) -> None:
     tracker = Tracker(context["tracking_uri"], context["experiment"], context.get("artifact_root")) \
         if parallel.is_writer else None
     tag_workers(tracker, run_id, parallel, device)
+    if tracker is not None:
+        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in loop.model.parameters())})
     start = time.perf_counter()
 
     def on_report(step: int, metrics: Dict[str, float], loop) -> None:

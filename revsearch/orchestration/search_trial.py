@@ -16,6 +16,8 @@ from ..search.loop import SearchData, SearchLoop
 from .data_prep import PreparedData, encoded_data, search_split
 
 STATE_FILE = "search_state.pt"
+#: the outcome, also in the last checkpoint: what a data-parallel trial reads without building the supernet
+GENOTYPE_FILE, TRAJECTORY_FILE = "genotype.json", "alpha_trajectory.pt"
 
 
 def placement_tags() -> Dict[str, str]:
@@ -104,4 +106,21 @@ def report_search(step: int, metrics: Dict[str, float], loop: SearchLoop, settin
         return
     with tempfile.TemporaryDirectory() as directory:
         torch.save(loop.state_dict(), os.path.join(directory, STATE_FILE))
+        if step == settings.steps:
+            with open(os.path.join(directory, GENOTYPE_FILE), "w", encoding="utf-8") as f:
+                f.write(result["genotype"])
+            torch.save(loop.trajectory.state_dict(), os.path.join(directory, TRAJECTORY_FILE))
         report(result, checkpoint=checkpoint_class.from_directory(directory))
+
+
+def read_search_outcome(directory: str):
+    """(genotype, α trajectory) from a search's last checkpoint directory (``report_search``)."""
+    import json
+    from ..search import Genotype
+    from ..search.trajectory import AlphaTrajectory
+    path = os.path.join(directory, GENOTYPE_FILE)
+    with open(path, encoding="utf-8") as f:
+        genotype = Genotype.from_dict(json.load(f), source=path)
+    trajectory = AlphaTrajectory()
+    trajectory.load_state_dict(torch.load(os.path.join(directory, TRAJECTORY_FILE), weights_only=True))
+    return genotype, trajectory

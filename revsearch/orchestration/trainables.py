@@ -24,7 +24,7 @@ from .candidates import build_retrain_model
 from .data_prep import PreparedData, encoded_data
 from .search_trial import (STATE_FILE, build_search_loop, device_tags, placement_tags, report_search,
                            trial_device)
-from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker
+from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker, no_artifact_progress_bar
 
 
 def _tracker(context: Dict[str, Any]) -> Tracker:
@@ -60,7 +60,7 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
     tracker = _tracker(context)
     done = _finished_run(tracker, f"search:{trial_id}", context["parent_run_id"])
     if done is not None:
-        with tempfile.TemporaryDirectory() as directory:
+        with tempfile.TemporaryDirectory() as directory, no_artifact_progress_bar():
             genotype = Genotype.load(tracker.client.download_artifacts(done.info.run_id, "genotype.json", directory))
         tune.report(dict(done.data.metrics, genotype=genotype.to_json(), genotype_key=genotype.key(),
                          mlflow_run_id=done.info.run_id))
@@ -74,16 +74,14 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
         tracker.log_params(run_id, {"sampled": dict(config), "supernet": settings.supernet,
                                     "search": asdict(settings.search), "data": settings.data,
                                     "steps": settings.steps})
-        # a one-process trial computes on the GPU Ray gave it; the workers of a data-parallel one on theirs
-        device = trial_device(sweep.resources.gpu) if sweep.resources.workers == 1 else None
-        loop, data, derived_config = build_search_loop(sweep, settings, context, device=device)
-        net = loop.model
-        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in net.parameters())}
-                         | (device_tags(device) if sweep.resources.workers == 1 else {}))
         if sweep.resources.workers > 1:   # a Ray Train run of N workers; rank 0 logs into this run
             from .data_parallel_trial import run_search_workers
-            loop.load_state_dict(run_search_workers(sweep, dict(config), context, run_id, trial_id))
+            genotype, trajectory = run_search_workers(sweep, dict(config), context, run_id, trial_id)
         else:
+            device = trial_device(sweep.resources.gpu)   # the GPU Ray gave this trial, if it asked for one
+            loop, data, derived_config = build_search_loop(sweep, settings, context, device=device)
+            tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in loop.model.parameters())}
+                             | device_tags(device))
             checkpoint = tune.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as directory:
@@ -96,7 +94,7 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
 
             if loop.step < settings.steps:
                 loop.run(settings.steps, settings.report_every, on_report)
-        genotype = loop.genotype()
+            genotype, trajectory = loop.genotype(), loop.trajectory
         if sweep.search.proxy_retrain is not None:
             from .proxy import proxy_retrain, proxy_retrain_task
             if sweep.resources.workers > 1:   # the trial holds no CPU of its own: a task holding a worker's
@@ -117,7 +115,7 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
             tracker.log_artifact(run_id, plot_alpha_heatmap(genotype, os.path.join(directory, "alpha_heatmap.png"),
                                                             title=f"softmax(α), trial {trial_id}"))
             tracker.log_artifact(run_id, plot_alpha_trajectories(
-                loop.trajectory, genotype, os.path.join(directory, "alpha_trajectories.png"),
+                trajectory, genotype, os.path.join(directory, "alpha_trajectories.png"),
                 title=f"softmax(α) over the search, trial {trial_id}",
                 alpha_warmup_steps=settings.search.alpha_warmup_steps))
             tracker.log_artifact(run_id, plot_cell(genotype, os.path.join(directory, "derived_cell.png")))
