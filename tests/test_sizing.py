@@ -145,8 +145,9 @@ def test_retrain_candidates_are_sized_to_the_baseline_and_build_exactly():
 
 
 def test_all_candidates_train_on_the_best_trials_data_when_the_space_samples_it():
-    """A space sampling ``max_len``, ``vocab_size`` and the SentencePiece type: derived-2, the randoms and
-    the baseline all take the best trial's data setting (else they would be trained and scored on other
+    """A space sampling ``max_len``, ``vocab_size``, the SentencePiece type, the embedding width and the
+    dropout: derived-2, the randoms and the baseline all take the best trial's data setting and embedding
+    and dropout (else they would be trained and scored on other
     tokens and another length filter), derived-2 keeps its own in ``search_data``, and every model is sized
     with that one vocabulary as SentencePiece really gives it."""
     from revsearch.orchestration.candidates import DATA_KEYS, build_retrain_model, retrain_candidates
@@ -155,12 +156,14 @@ def test_all_candidates_train_on_the_best_trials_data_when_the_space_samples_it(
                        hidden={"type": "derived", "expr": "splits * 32"},
                        max_len={"type": "choice", "values": [24, 40]},
                        vocab_size={"type": "choice", "values": [150, 300]},
-                       spm_model_type={"type": "choice", "values": ["unigram", "bpe"]})
+                       spm_model_type={"type": "choice", "values": ["unigram", "bpe"]},
+                       embed_dim={"type": "choice", "values": [32, 48]},
+                       dropout={"type": "uniform", "low": 0.0, "high": 0.3})
     best = {"max_len": 24, "vocab_size": 150, "spm_model_type": "bpe"}
     second = {"max_len": 40, "vocab_size": 300, "spm_model_type": "unigram"}
     picks = chosen(uniform_genotype(2, "conv3", "conv3", layers=2), identity_heavy(3))
-    picks[0]["config"].update(best)
-    picks[1]["config"].update(second)
+    picks[0]["config"].update(best, embed_dim=32, dropout=0.1)
+    picks[1]["config"].update(second, embed_dim=48, dropout=0.25)
     asked = []
 
     def vocab_size_of(requested, model_type):   # SentencePiece may give fewer pieces than asked
@@ -172,6 +175,10 @@ def test_all_candidates_train_on_the_best_trials_data_when_the_space_samples_it(
     assert all({k: c[k] for k in DATA_KEYS} == best for c in candidates), [c["label"] for c in candidates]
     derived = [c for c in candidates if c["kind"] == "derived"]
     assert [c["search_data"] for c in derived] == [best, second]   # each trial's own, for the record
+    # one embedding width and one dropout too (the cell's splits stay each genotype's own)
+    assert all((c["model"]["embed_dim"], c["model"]["dropout"]) == (32, 0.1) for c in candidates)
+    assert [c["search_model"]["embed_dim"] for c in derived] == [32, 48]
+    assert [c["search_model"]["dropout"] for c in derived] == [0.1, 0.25]
     assert set(asked) == {(150, "bpe")}
     vocab = 150 - 7
     baseline = candidates[0]

@@ -61,3 +61,62 @@ def test_work_after_a_train_run_escapes_the_trial_placement_group(tmp_path):
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT (6, True)" in proc.stdout
+
+
+def test_one_process_search_batches_go_to_the_models_device():
+    """The one-process loop moves both batches of a step to the supernet's device (a GPU trial's model
+    is on CUDA; the batches are collated on the host). Checked with a stand-in device: the loop's device
+    set to ``meta`` and the step replaced by a recorder of where its inputs are."""
+    from tests.test_search_loop import make_loop
+    loop = make_loop()
+    loop.device = torch.device("meta")
+    seen = []
+
+    def record(weight, arch):
+        seen.append({t.device.type for batch in (weight, arch) for t in batch})
+        return {"train_loss": 0.0, "arch_loss": float("nan")}
+    loop.search.step = record
+    loop.metrics = dict   # the report at the last step would validate the CPU model on meta batches
+    loop.run(2, report_every=100)
+    assert seen == [{"meta"}, {"meta"}]
+
+
+def test_the_last_search_report_carries_the_outcome(tmp_path):
+    """``report_search`` at the last step puts the genotype and the α trajectory beside the state, and
+    ``read_search_outcome`` gives them back as the loop has them: what a data-parallel trial reads
+    instead of building the supernet."""
+    import shutil
+    from dataclasses import asdict
+    from types import SimpleNamespace
+    from revsearch.models.split_seq2seq import SplitSeq2SeqConfig
+    from revsearch.orchestration.search_trial import (GENOTYPE_FILE, STATE_FILE, TRAJECTORY_FILE,
+                                                      read_search_outcome, report_search)
+    from tests.test_search_loop import make_loop
+
+    loop = make_loop()
+    config = SplitSeq2SeqConfig(**{k: v for k, v in asdict(loop.model.config).items()
+                                   if k in SplitSeq2SeqConfig.__dataclass_fields__})
+    settings = SimpleNamespace(steps=4, checkpoint_every=2)
+    saved, reports = [], []
+
+    class Keep:   # stands for tune.Checkpoint / ray.train.Checkpoint: keeps a copy of the directory
+        @staticmethod
+        def from_directory(directory):
+            copy = tmp_path / f"checkpoint{len(saved)}"
+            shutil.copytree(directory, copy)
+            saved.append(copy)
+            return copy
+
+    def on_report(step, metrics, loop):
+        report_search(step, metrics, loop, settings, config, 0.0, "run", None,
+                      lambda result, checkpoint=None: reports.append((result["genotype"], checkpoint)),
+                      Keep)
+    loop.run(4, report_every=1, on_report=on_report)
+    assert [c is not None for _, c in reports] == [False, True, False, True]   # every checkpoint_every
+    assert sorted(os.listdir(saved[0])) == [STATE_FILE]                      # the outcome only at the end
+    assert sorted(os.listdir(saved[1])) == sorted([STATE_FILE, GENOTYPE_FILE, TRAJECTORY_FILE])
+    genotype, trajectory = read_search_outcome(str(saved[1]))
+    assert genotype.to_json() == loop.genotype().to_json() == reports[-1][0]
+    assert trajectory.steps == loop.trajectory.steps == [1, 2, 3, 4]
+    for side in ("encoder", "decoder"):
+        assert torch.equal(trajectory.side(side), loop.trajectory.side(side))

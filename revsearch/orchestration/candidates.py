@@ -14,6 +14,9 @@ from ..search.sizing import derived_model_config, transformer_config
 
 # the data settings a search space may sample that change what a model is trained and scored on
 DATA_KEYS = ("vocab_size", "spm_model_type", "max_len")
+# the model settings outside the cell that a space may sample: the embedding and the regularisation.
+# Shared like the data; the cell (genotype, splits, heads, pooling) stays each candidate's own
+SHARED_MODEL_KEYS = ("embed_dim", "dropout", "tie_embeddings")
 
 
 def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = False,
@@ -28,8 +31,9 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
 
     Every candidate trains and is scored on one data setting (``vocab_size``, ``spm_model_type``,
     ``max_len``): the first (best-ranked) derived candidate's. A space that samples them would otherwise
-    compare models trained on differently tokenised or length-filtered data. Each derived candidate keeps
-    its own search trial's values in ``search_data``, for the record."""
+    compare models trained on differently tokenised or length-filtered data. The same holds for the
+    embedding width, its tying and the dropout (``SHARED_MODEL_KEYS``). Each derived candidate keeps its
+    own search trial's values in ``search_data`` and ``search_model``, for the record."""
     from ..search import Genotype
     from ..search.sampling import sample_genotypes
     from ..search.sizing import (FFN_RATIO, baseline_heads, derived_param_count, size_derived,
@@ -54,7 +58,8 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
                     "genotype": c["genotype"], "genotype_key": c["genotype_key"],
                     "search_trial_id": c["trial_id"], "search_run_id": c["search_run_id"],
                     "search_seconds": c["search_seconds"], "model": model,
-                    "search_data": {k: settings.data[k] for k in DATA_KEYS}})
+                    "search_data": {k: settings.data[k] for k in DATA_KEYS},
+                    "search_model": {k: model[k] for k in SHARED_MODEL_KEYS}})
     if not out:
         return out
     first = out[0]
@@ -63,6 +68,7 @@ def retrain_candidates(sweep, chosen: List[Dict[str, Any]], partial: bool = Fals
     data_keys = dict(first["search_data"])
     for c in out:
         c.update(data_keys)
+        c["model"].update(first["search_model"])   # and one embedding and dropout
     template = Genotype.from_dict(json.loads(first["genotype"]), source=first["label"])
     randoms = sample_genotypes(template, r.random_genotypes, sweep.seed, allow_zero=allow_zero,
                                avoid=[c["genotype_key"] for c in out],

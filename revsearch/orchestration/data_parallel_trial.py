@@ -23,7 +23,7 @@ from typing import Any, Dict
 
 import torch
 
-from .search_trial import STATE_FILE, read_search_outcome
+from .search_trial import GENOTYPE_FILE, STATE_FILE, read_search_outcome
 
 
 def scaling(sweep):
@@ -111,9 +111,14 @@ def search_worker(train_config: Dict[str, Any]) -> None:
     parallel = DataParallel.worker(sweep.seed)
     loop, _, derived_config = build_search_loop(sweep, settings, context, parallel, device)
     checkpoint = ray.train.get_checkpoint()
+    outcome_saved = False
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+            # map_location: rank 0 saved tensors of its cuda:0; every worker loads onto the CPU first and
+            # load_state_dict copies to its own device
+            loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), map_location="cpu",
+                                            weights_only=True))
+            outcome_saved = os.path.isfile(os.path.join(directory, GENOTYPE_FILE))
     tracker = Tracker(context["tracking_uri"], context["experiment"], context.get("artifact_root")) \
         if parallel.is_writer else None
     tag_workers(tracker, run_id, parallel, device)
@@ -129,6 +134,9 @@ def search_worker(train_config: Dict[str, Any]) -> None:
 
     if loop.step < settings.steps:
         loop.run(settings.steps, settings.report_every, on_report)
+    elif not outcome_saved:   # a finished search checkpointed without its outcome files (an older revsearch)
+        report_search(loop.step, loop.metrics(), loop, settings, derived_config, start, run_id, None,
+                      ray.train.report, ray.train.Checkpoint, attach_checkpoint=parallel.is_writer)
 
 
 # ----------------------------------------------------------------------------------------- retrain

@@ -122,5 +122,6 @@ def read_search_outcome(directory: str):
     with open(path, encoding="utf-8") as f:
         genotype = Genotype.from_dict(json.load(f), source=path)
     trajectory = AlphaTrajectory()
-    trajectory.load_state_dict(torch.load(os.path.join(directory, TRAJECTORY_FILE), weights_only=True))
+    trajectory.load_state_dict(torch.load(os.path.join(directory, TRAJECTORY_FILE), map_location="cpu",
+                                                  weights_only=True))
     return genotype, trajectory

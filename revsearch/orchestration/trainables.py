@@ -85,7 +85,8 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
             checkpoint = tune.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as directory:
-                    loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+                    loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), map_location="cpu",
+                                                    weights_only=True))
             start = time.perf_counter()
 
             def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
@@ -95,6 +96,9 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
             if loop.step < settings.steps:
                 loop.run(settings.steps, settings.report_every, on_report)
             genotype, trajectory = loop.genotype(), loop.trajectory
+            del loop   # the supernet and its optimizer state leave the GPU before the proxy retrain
+            if device is not None:
+                torch.cuda.empty_cache()
         if sweep.search.proxy_retrain is not None:
             from .proxy import proxy_retrain, proxy_retrain_task
             if sweep.resources.workers > 1:   # the trial holds no CPU of its own: a task holding a worker's
@@ -192,9 +196,15 @@ def run_retrain(candidate: Dict[str, Any], context: Dict[str, Any],
     status = "FAILED"
     try:
         prepared = PreparedData(**context["prepared"])
-        data = encoded_data(prepared, candidate["vocab_size"], candidate["spm_model_type"], candidate["max_len"])
-        torch.manual_seed(seed)
-        model, spec = build_retrain_model(candidate, data.tokenizer.vocab_size)
+        if workers > 1:   # the workers encode the corpus and build the model; this process only counts
+            from .data_prep import tokenizer_for
+            vocab = tokenizer_for(prepared, candidate["vocab_size"], candidate["spm_model_type"]).vocab_size
+            with torch.device("meta"):   # shapes only
+                model, spec = build_retrain_model(candidate, vocab)
+        else:
+            data = encoded_data(prepared, candidate["vocab_size"], candidate["spm_model_type"], candidate["max_len"])
+            torch.manual_seed(seed)
+            model, spec = build_retrain_model(candidate, data.tokenizer.vocab_size)
         params = count_parameters(model)
         tracker.log_params(run_id, {"model": candidate["model"], "kind": candidate["kind"],
                                     "retrain": retrain, "params": params, "seed": seed})

@@ -83,7 +83,7 @@ def peak_rss_bytes() -> int:
 class SearchLoop:
     def __init__(self, search: BilevelSearch, data: SearchData, valid_batches: int = 4):
         self.search, self.model = search, search.model
-        # where the batches go: the model's device (CPU unless a data-parallel worker placed it on a GPU)
+        # where the batches go: the model's device (a trial's GPU when it has one, else the CPU)
         self.device = next(iter(search.model.parameters())).device
         self.weight_stream = BatchStream(data.weight, data.max_tokens, data.seed)
         self.arch_stream = BatchStream(data.arch, data.max_tokens, data.seed + 1)
@@ -101,7 +101,7 @@ class SearchLoop:
         total, count = 0.0, 0
         for indices in self.valid_batch_indices:
             b = collate(self.valid, indices).to(self.device)
-            n = int((b.tgt_out != 0).sum())
+            n = b.num_tokens   # counted on the host by collate
             total += float(sequence_loss(self.model(b.src, b.tgt_in), b.tgt_out, 0.0)) * n
             count += n
         self.model.train()
@@ -135,7 +135,7 @@ class SearchLoop:
         par = self.search.parallel
         while self.step < steps:
             if par is None:
-                weight, arch = self.weight_stream.next(), self.arch_stream.next()
+                weight, arch = self.weight_stream.next().to(self.device), self.arch_stream.next().to(self.device)
                 batches = (weight.src, weight.tgt_in, weight.tgt_out), (arch.src, arch.tgt_in, arch.tgt_out)
             else:   # this worker's shards of the two global batches (learning/data_parallel.py)
                 batches = (self.weight_stream.next_shards(par.num_shards, par.local_shards, self.device),
@@ -164,6 +164,8 @@ class SearchLoop:
                  "arch_stream": self.arch_stream.state_dict(),
                  "alpha_trajectory": self.trajectory.state_dict(),
                  "rng": torch.get_rng_state()}
+        if self.device.type == "cuda":   # dropout on a GPU draws from its own generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.search.loss_scale.enabled:  # fp16 only: the dynamic loss scale continues where it was
             state["loss_scale"] = self.search.loss_scale.state_dict()
         return state
@@ -180,5 +182,7 @@ class SearchLoop:
         if "alpha_trajectory" in state:  # checkpoints written before trajectories were kept have none
             self.trajectory.load_state_dict(state["alpha_trajectory"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if "loss_scale" in state and self.search.loss_scale.enabled:
             self.search.loss_scale.load_state_dict(state["loss_scale"])

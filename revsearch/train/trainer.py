@@ -31,7 +31,7 @@ from ..data.batching import EncodedPair, collate, filter_long, make_batches, sha
 from ..errors import ConfigError, RevsearchError
 from .checkpoint import (average_checkpoints, load_checkpoint, load_model_state, save_checkpoint,
                          step_checkpoints)
-from ..learning import InverseSqrtSchedule, label_smoothed_nll, label_smoothed_sums
+from ..learning import InverseSqrtSchedule, label_smoothed_sums
 from ..learning.data_parallel import DataParallel, accumulate
 from ..learning.precision import LossScale, autocast, check_precision, validate_precision
 
@@ -101,16 +101,15 @@ class TrainResult:
 
 
 def load_evaluated_weights(model: nn.Module, result: TrainResult) -> str:
-    """Put into ``model`` the weights a run is scored and registered with, and return their checkpoint
-    file: the average of the last k numbered checkpoints when ``average_last > 1`` wrote one (what
-    averaging is for), else the best by validation NLL (``restore_best`` already loaded it; "" when no
-    files were written)."""
-    path = result.checkpoints.get("avg")
+    """Put into ``model`` (the trained one, or a fresh one of the same spec) the weights a run is scored
+    and registered with, and return their checkpoint file: the average of the last k numbered checkpoints
+    when ``average_last > 1`` wrote one (what averaging is for), else the best by validation NLL ("" and
+    the model as it is when no files were written)."""
+    path = result.checkpoints.get("avg") or result.checkpoints.get("best", "")
     if path:
         load_model_state(model, load_checkpoint(path)["model"], path)
-        model.eval()
-        return path
-    return result.checkpoints.get("best", "")
+    model.eval()
+    return path
 
 
 class Trainer:
@@ -225,8 +224,8 @@ class Trainer:
         total, count = 0.0, 0
         for idx in make_batches(self.valid_data, self.cfg.max_tokens, shuffle=False):
             b = collate(self.valid_data, idx).to(self.device)
-            _, nll, n = label_smoothed_nll(self.model(b.src, b.tgt_in), b.tgt_out, 0.0)
-            total, count = total + float(nll), count + n
+            _, nll = label_smoothed_sums(self.model(b.src, b.tgt_in), b.tgt_out, 0.0)
+            total, count = total + float(nll), count + b.num_tokens   # counted on the host by collate
         self.model.train()
         return total / max(count, 1)
 
