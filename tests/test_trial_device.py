@@ -120,3 +120,21 @@ def test_the_last_search_report_carries_the_outcome(tmp_path):
     assert trajectory.steps == loop.trajectory.steps == [1, 2, 3, 4]
     for side in ("encoder", "decoder"):
         assert torch.equal(trajectory.side(side), loop.trajectory.side(side))
+
+
+def test_a_resumed_search_logs_each_step_once(tmp_path):
+    """A trial resumed from a checkpoint older than its last report runs the steps in between again, with
+    the same values; ``log_new_steps`` (real MLflow SQLite store) logs only the steps the run lacks."""
+    from revsearch.orchestration.search_trial import log_new_steps
+    from revsearch.orchestration.tracking import Tracker
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume", artifact_root=str(tmp_path / "art"))
+    run = tracker.start_run("search-t", {"revsearch.kind": "search"})
+    first = log_new_steps(tracker, run)          # a fresh run logs everything
+    for step in (10, 20):
+        first(run, {"valid_loss": 1.0 / step}, step)
+    resumed = log_new_steps(tracker, run)        # restarted from the step-10 checkpoint
+    for step in (20, 30):
+        resumed(run, {"valid_loss": 1.0 / step}, step)
+    history = tracker.client.get_metric_history(run, "valid_loss")
+    assert sorted(m.step for m in history) == [10, 20, 30]
+    assert {m.step: m.value for m in history} == {10: 0.1, 20: 0.05, 30: 1.0 / 30}

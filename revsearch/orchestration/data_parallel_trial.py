@@ -97,7 +97,7 @@ def search_worker(train_config: Dict[str, Any]) -> None:
     from ..learning.data_parallel import DataParallel
     from .space import resolve_trial
     from .sweep import validate_sweep_dict
-    from .search_trial import build_search_loop, report_search
+    from .search_trial import build_search_loop, log_new_steps, report_search
     from .tracking import Tracker
 
     context, run_id = train_config["context"], train_config["run_id"]
@@ -123,13 +123,14 @@ def search_worker(train_config: Dict[str, Any]) -> None:
         if parallel.is_writer else None
     tag_workers(tracker, run_id, parallel, device)
     if tracker is not None:
-        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in loop.model.parameters())})
+        tracker.set_tags(run_id, {"revsearch.supernet_params": sum(p.numel() for p in loop.model.parameters())}
+                         | ({"revsearch.resumed_at_step": str(loop.step)} if checkpoint is not None else {}))
     start = time.perf_counter()
+    log = log_new_steps(tracker, run_id) if tracker is not None else None   # rank 0 logs
 
     def on_report(step: int, metrics: Dict[str, float], loop) -> None:
         # Train V2 wants every worker's report; only rank 0 logs and attaches the checkpoint
-        report_search(step, metrics, loop, settings, derived_config, start, run_id,
-                      tracker.log_metrics if tracker is not None else None, ray.train.report,
+        report_search(step, metrics, loop, settings, derived_config, start, run_id, log, ray.train.report,
                       ray.train.Checkpoint, attach_checkpoint=parallel.is_writer)
 
     if loop.step < settings.steps:

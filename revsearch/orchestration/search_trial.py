@@ -90,6 +90,19 @@ def search_result(loop: SearchLoop, metrics: Dict[str, float], derived_config, s
                          mlflow_run_id=run_id, total_steps=total_steps)   # total: the live view's ETA
 
 
+def log_new_steps(tracker, run_id: str) -> Callable:
+    """``tracker.log_metrics`` for the steps the run has not logged yet. A trial resumed from a checkpoint
+    older than its last report (a worker or driver killed between the checkpoint's write and its
+    registration) runs those steps again and reports the same values, since the resume replays them
+    exactly; logging them again would draw each such step twice in MLflow."""
+    through = max((m.step for m in tracker.client.get_metric_history(run_id, "valid_loss")), default=0)
+
+    def log(run: str, metrics: Dict[str, float], step: int) -> None:
+        if step > through:
+            tracker.log_metrics(run, metrics, step)
+    return log
+
+
 def report_search(step: int, metrics: Dict[str, float], loop: SearchLoop, settings, derived_config,
                   start: float, run_id: str, log_metrics: Optional[Callable], report: Callable,
                   checkpoint_class, attach_checkpoint: bool = True) -> None:

@@ -22,8 +22,8 @@ from ..search.loop import SearchLoop
 from ..search.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_cell
 from .candidates import build_retrain_model
 from .data_prep import PreparedData, encoded_data
-from .search_trial import (STATE_FILE, build_search_loop, device_tags, placement_tags, report_search,
-                           trial_device)
+from .search_trial import (STATE_FILE, build_search_loop, device_tags, log_new_steps, placement_tags,
+                           report_search, trial_device)
 from .tracking import KEY_TAG, KIND_TAG, PARENT_TAG, Tracker, no_artifact_progress_bar
 
 
@@ -87,11 +87,12 @@ def search_trainable(config: Dict[str, Any], context: Dict[str, Any]) -> None:
                 with checkpoint.as_directory() as directory:
                     loop.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), map_location="cpu",
                                                     weights_only=True))
-            start = time.perf_counter()
+                tracker.set_tags(run_id, {"revsearch.resumed_at_step": str(loop.step)})   # the last restore
+            start, log = time.perf_counter(), log_new_steps(tracker, run_id)
 
             def on_report(step: int, metrics: Dict[str, float], loop: SearchLoop) -> None:
                 report_search(step, metrics, loop, settings, derived_config, start, run_id,
-                              tracker.log_metrics, tune.report, tune.Checkpoint)
+                              log, tune.report, tune.Checkpoint)
 
             if loop.step < settings.steps:
                 loop.run(settings.steps, settings.report_every, on_report)
