@@ -10,6 +10,7 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = os.path.join(REPO, "tune_configs", "micro.yaml")
+SHORT_RETRAIN = {"baseline": False, "top_k": 1, "steps": 10, "validate_every": 10}   # stage 2 only has to run
 
 
 @pytest.mark.slow
@@ -57,16 +58,12 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
     group from its last checkpoint (FailureConfig), and the trial's one MLflow run continues without a
     gap and without starting over."""
     psutil = pytest.importorskip("psutil")
-    from tests.test_faults import Cli, by_kind, checkpointed_train_step, mlflow_runs, steps_of, the_run_dir
+    from tests.test_faults import (Cli, by_kind, checkpointed_train_step, mlflow_runs, steps_of, the_run_dir,
+                                   write_sweep)
 
     name, steps = "dpfault", 60
-    with open(MICRO, encoding="utf-8") as f:
-        sweep = yaml.safe_load(f)
-    sweep.update(name=name, num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
-    sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
-    sweep["retrain"].update(baseline=False, top_k=1, steps=10, validate_every=10)
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    config = write_sweep(tmp_path, name, steps=steps, num_samples=1, max_concurrent=1, workers=2,
+                         retrain=SHORT_RETRAIN)
     storage = tmp_path / "storage"
 
     def train_workers(cli):
@@ -79,7 +76,7 @@ def test_killed_data_parallel_worker_restarts_from_the_last_checkpoint(tmp_path)
                 pass
         return out
 
-    cli = Cli(str(config), storage)
+    cli = Cli(config, storage)
     try:
         run_dir = cli.wait_for("the run directory", lambda: the_run_dir(storage))
         workers = cli.wait_for("a search checkpoint at step >= 20",
@@ -108,19 +105,14 @@ def test_driver_killed_in_data_parallel_search_resumes_from_the_train_checkpoint
     Tune trial, which starts its Ray Train run under the same name; Train V2 restores that run from its
     storage, so the search continues from its last checkpoint, in the trial's same MLflow run, with no gap."""
     from tests.test_faults import (Cli, by_kind, checkpointed_train_step, experiment_state, mlflow_runs,
-                                   ray_leftovers, run_stage, steps_of, the_run_dir)
+                                   ray_leftovers, run_stage, steps_of, the_run_dir, write_sweep)
 
     name, steps = "dpresume", 60
-    with open(MICRO, encoding="utf-8") as f:
-        sweep = yaml.safe_load(f)
-    sweep.update(name=name, num_samples=1, max_concurrent=1, resources={"cpu": 1, "gpu": 0, "workers": 2})
-    sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
-    sweep["retrain"].update(baseline=False, top_k=1, steps=10, validate_every=10)
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    config = write_sweep(tmp_path, name, steps=steps, num_samples=1, max_concurrent=1, workers=2,
+                         retrain=SHORT_RETRAIN)
     storage = tmp_path / "storage"
 
-    cli = Cli(str(config), storage)
+    cli = Cli(config, storage)
     try:
         run_dir = cli.wait_for("the run directory", lambda: the_run_dir(storage))
         experiment = os.path.join(run_dir, "search")
@@ -138,13 +130,8 @@ def test_driver_killed_in_data_parallel_search_resumes_from_the_train_checkpoint
     (before,) = by_kind(runs, "search")
     assert before.info.status == "RUNNING"   # the driver died before it could end the run
 
-    resumed = Cli(str(config), storage, "--resume")
-    try:
-        rc = resumed.wait()
-        print(f"--resume exited {rc} after {resumed.elapsed():.0f}s")
-        assert rc == 0, resumed.tail()
-    finally:
-        resumed.close()
+    resumed = Cli(config, storage, "--resume")
+    resumed.finish("--resume ")
     assert run_stage(run_dir) == "done" and os.path.isfile(os.path.join(run_dir, "ranking.csv"))
     client, runs = mlflow_runs(storage, name)
     (search,) = by_kind(runs, "search")                 # the same run, continued

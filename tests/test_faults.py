@@ -31,15 +31,20 @@ psutil = pytest.importorskip("psutil")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def write_sweep(tmp_path, name, *, steps, num_samples, max_concurrent, retrain_steps=None):
-    """micro.yaml with a longer search (reports and checkpoints every 10 steps)."""
+def write_sweep(tmp_path, name, *, steps, num_samples, max_concurrent, retrain_steps=None, workers=1,
+                retrain=None):
+    """micro.yaml with a longer search (reports and checkpoints every 10 steps); ``workers`` per trial
+    (1 CPU each), ``retrain``: keys that replace micro's."""
     with open(MICRO, encoding="utf-8") as f:
         sweep = yaml.safe_load(f)
     sweep["name"] = name
     sweep["search"].update(steps=steps, report_every=10, checkpoint_every=10)
     if retrain_steps:
         sweep["retrain"]["steps"] = retrain_steps
+    sweep["retrain"].update(retrain or {})
     sweep.update(num_samples=num_samples, max_concurrent=max_concurrent)
+    if workers > 1:
+        sweep["resources"] = {"cpu": 1, "gpu": 0, "workers": workers}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
     return str(path)
@@ -111,6 +116,15 @@ class Cli:
                 pytest.fail(f"revsearch exited ({self.proc.returncode}) before {what}:\n{self.tail()}")
             time.sleep(0.25)
         pytest.fail(f"timed out after {timeout}s waiting for {what}:\n{self.tail()}")
+
+    def finish(self, label=""):
+        """Wait for the run to end, require exit 0, close; the exit printed with ``label``."""
+        try:
+            rc = self.wait()
+            print(f"{label}exited {rc} after {self.elapsed():.0f}s")
+            assert rc == 0, self.tail()
+        finally:
+            self.close()
 
     def wait(self, timeout=600):
         try:
@@ -378,12 +392,7 @@ def test_driver_killed_in_search_resumes_without_rerunning_finished_trials(tmp_p
     assert "FAIL" not in dict(study_before).values()  # the errored trial is left RUNNING until stage 1 ends
 
     resumed = Cli(config, storage, "--resume")
-    try:
-        rc = resumed.wait()
-        print(f"(b) --resume exited {rc} after {resumed.elapsed():.0f}s")
-        assert rc == 0, resumed.tail()
-    finally:
-        resumed.close()
+    resumed.finish("(b) --resume ")
     assert run_stage(run_dir) == "done" and os.path.isfile(os.path.join(run_dir, "ranking.csv"))
     final = experiment_state(experiment)
     assert {s for s, _ in final.values()} == {"TERMINATED"} and len(final) == samples
@@ -468,12 +477,7 @@ def test_driver_killed_in_retrain_resumes_only_the_unfinished_retrain(tmp_path):
     assert len(finished) == 1 and len(retrain_before) == 2
 
     resumed = Cli(config, storage, "--resume")
-    try:
-        rc = resumed.wait()
-        print(f"(c) --resume exited {rc} after {resumed.elapsed():.0f}s")
-        assert rc == 0, resumed.tail()
-    finally:
-        resumed.close()
+    resumed.finish("(c) --resume ")
     log = resumed.tail(10 ** 6)
     assert "stage 2: resuming" in log and "stage 1" not in log
     assert run_stage(run_dir) == "done"
